@@ -1,0 +1,3 @@
+from blockframe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,525 @@
+"""The archive: a directory of committed objects, its index of names, commit and restore.
+
+Layout (see FORMAT.md)::
+
+    <archive>/<name>_<id>/manifest.json, manifest.replica.json, shards...
+    <archive>/.staging/<random>/      commits in progress (invisible until renamed)
+    <archive>/.trash/<random>/        replaced objects on their way out
+
+Commit order (DESIGN §5): shards are written and fsynced in a staging directory, the
+manifest and replica are written and fsynced last, the directory is renamed into place and
+the archive directory fsynced. A crash leaves either nothing visible or a complete object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from blockframe import _core, layout
+from blockframe.config import StorageConfig, check_storage
+from blockframe.errors import (
+    ArchiveError,
+    BlockFrameError,
+    ConflictError,
+    IntegrityError,
+    ManifestError,
+    NotFoundError,
+    SourceError,
+    UsageError,
+)
+from blockframe.manifest import (
+    MANIFEST,
+    REPLICA,
+    Manifest,
+    Shard,
+    Stripe,
+    fsync_dir,
+    load,
+)
+
+log = logging.getLogger(__name__)
+
+STAGING = ".staging"
+TRASH = ".trash"
+READ_PIECE = 4 * 2**20
+
+Progress = Callable[[int], None]
+
+
+def validate_name(name: str) -> str:
+    """Object names are relative paths: ``file`` or ``dir/sub/file``."""
+    parts = name.split("/")
+    if (
+        not name
+        or "\x00" in name
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise UsageError(f"invalid object name {name!r}")
+    if len(dirname_for(name, "0" * 16).encode()) > 255:
+        raise UsageError(f"object name too long: {name!r}")
+    return name
+
+
+def dirname_for(name: str, object_id: str) -> str:
+    """``<name>_<id>`` with ``%`` and ``/`` percent-encoded (and a leading dot, which would
+    hide the directory), so every object is one directory directly under the archive."""
+    encoded = name.replace("%", "%25").replace("/", "%2F")
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    return f"{encoded}_{object_id}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One committed object as found in the archive."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    manifest_repaired: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return "manifest restored" if self.manifest_repaired else "ok"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the archive directory that is not a usable object."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Index:
+    """Names of the usable objects, and what was skipped and why."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    name: str
+    status: Literal["committed", "unchanged", "replaced"]
+    entry: Entry
+
+
+@dataclass
+class RestoreReport:
+    """What a restore read, and which shards it found bad and repaired."""
+
+    name: str
+    size: int
+    damaged: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
+
+
+class ArchivedObject:
+    """Verified random access to one object (every byte returned matches the manifest).
+
+    Shards found bad during reads are remembered in :attr:`damaged`; :meth:`repair` rebuilds
+    them on disk.
+    """
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        m = entry.manifest
+        self._core = _core.Object(
+            str(entry.path),
+            m.chunk_size,
+            [
+                (
+                    [(s.path, s.size, s.hashes) for s in st.data],
+                    [(s.path, s.size, s.hashes) for s in st.parity],
+                )
+                for st in m.stripes
+            ],
+        )
+        self.damaged: dict[tuple[int, int], str] = {}
+
+    @property
+    def size(self) -> int:
+        return self.entry.manifest.size
+
+    def shard(self, stripe: int, shard: int) -> Shard:
+        return self.entry.manifest.stripes[stripe].shards[shard]
+
+    def _note(self, bad: list[tuple[int, int, str]]) -> None:
+        for stripe, shard, damage in bad:
+            if (stripe, shard) not in self.damaged:
+                log.warning("%s: %s is %s", self.entry.name, self.shard(stripe, shard).path, damage)
+            self.damaged[(stripe, shard)] = damage
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Verified bytes at ``offset`` (fewer at the end of the file)."""
+        if offset < 0 or size < 0:
+            raise UsageError("offset and size must not be negative")
+        try:
+            data, bad = self._core.read(offset, size)
+        except _core.UnrecoverableError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        except _core.CoreError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        self._note(bad)
+        return data
+
+    def verify_parity(self) -> None:
+        """Verify every parity shard, remembering bad ones in :attr:`damaged`."""
+        for si, st in enumerate(self.entry.manifest.stripes):
+            for j in range(len(st.parity)):
+                shard = len(st.data) + j
+                _, damage = self._core.verify_shard(si, shard)
+                if damage is not None:
+                    self._note([(si, shard, damage)])
+
+    def repair(self) -> tuple[list[str], list[str]]:
+        """Rebuild every shard in :attr:`damaged`; returns (repaired, failed) descriptions."""
+        repaired: list[str] = []
+        failed: list[str] = []
+        pending = dict(self.damaged)
+        while pending:
+            (stripe, shard), damage = pending.popitem()
+            path = self.shard(stripe, shard).path
+            try:
+                chunks, more = self._core.repair_shard(stripe, shard)
+            except _core.CoreError as e:
+                failed.append(f"{path} ({damage}): {e}")
+                continue
+            self.damaged.pop((stripe, shard), None)
+            if chunks:
+                log.warning("%s: repaired %s (%s)", self.entry.name, path, damage)
+                repaired.append(f"{path} ({damage})")
+            for s2, sh2, d2 in more:
+                if (s2, sh2) not in self.damaged:
+                    self.damaged[(s2, sh2)] = d2
+                    pending[(s2, sh2)] = d2
+        return repaired, failed
+
+    def chunks(self, progress: Progress | None = None) -> Iterator[bytes]:
+        """The whole file as verified pieces, in order."""
+        done = 0
+        while done < self.size:
+            piece = self.read(done, READ_PIECE)
+            done += len(piece)
+            if progress:
+                progress(done)
+            yield piece
+
+
+class Archive:
+    """An archive directory. Read-only operations never create it; commit does."""
+
+    def __init__(self, root: str | os.PathLike[str], storage: StorageConfig | None = None):
+        self.root = Path(root)
+        self.storage = storage or StorageConfig()
+        check_storage(self.storage)
+
+    # -- index ----------------------------------------------------------------------------
+
+    def _require(self) -> None:
+        if not self.root.is_dir():
+            raise ArchiveError(f"{self.root}: archive directory does not exist")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise ArchiveError(f"{self.root}: archive directory is not readable")
+
+    def scan(self) -> Index:
+        """Load every object's manifest. Bad entries (stray files and directories, damaged
+        manifests, names that do not match) are recorded in ``problems`` and skipped."""
+        self._require()
+        index = Index()
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
+        for dirname in names:
+            if dirname.startswith("."):
+                continue
+            path = self.root / dirname
+            try:
+                entry = self._load_entry(path)
+            except (ManifestError, OSError) as e:
+                index.problems.append(Problem(dirname, str(e)))
+                continue
+            if entry is None:
+                index.problems.append(Problem(dirname, "stray file (not an object directory)"))
+                continue
+            other = index.entries.get(entry.name)
+            if other is not None:
+                # Two complete copies of one name: a replace was interrupted between
+                # sealing the new object and removing the old one. The newer one wins.
+                newer, older = sorted(
+                    (entry, other), key=lambda e: e.manifest.created, reverse=True
+                )
+                index.problems.append(
+                    Problem(older.path.name, f"older copy of {entry.name!r} (superseded)")
+                )
+                entry = newer
+            index.entries[entry.name] = entry
+        return index
+
+    def _load_entry(self, path: Path) -> Entry | None:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+        loaded = load(path)
+        m = loaded.manifest
+        try:
+            validate_name(m.name)
+        except UsageError:
+            raise ManifestError(f"{path.name}: invalid object name in manifest") from None
+        if path.name != dirname_for(m.name, m.id):
+            raise ManifestError(f"{path.name}: directory name does not match its manifest")
+        for problem in loaded.problems:
+            log.warning("%s: %s", path.name, problem)
+        for copy in loaded.repaired:
+            log.warning("%s: %s rewritten from the good copy", path.name, copy)
+        return Entry(m.name, path, m, loaded.repaired)
+
+    def get(self, name: str) -> Entry:
+        entry = self.scan().entries.get(name)
+        if entry is None:
+            raise NotFoundError(f"no object named {name!r} in {self.root}")
+        return entry
+
+    def open(self, name: str) -> ArchivedObject:
+        """Verified random access to the object called ``name``."""
+        return ArchivedObject(self.get(name))
+
+    # -- commit ---------------------------------------------------------------------------
+
+    def _prepare_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / STAGING).mkdir(exist_ok=True)
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot create archive: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ArchiveError(f"{self.root}: archive directory is not writable")
+
+    def commit(
+        self,
+        source: str | os.PathLike[str],
+        name: str | None = None,
+        replace: bool = False,
+        progress: Progress | None = None,
+    ) -> CommitResult:
+        """Archive one regular file under ``name`` (default: its base name).
+
+        Identical content under an existing name is a no-op ("unchanged"); different
+        content is refused unless ``replace``, in which case the new object is sealed
+        first and the old one removed after.
+        """
+        src = Path(source)
+        size = check_source(src)
+        name = validate_name(name if name is not None else src.name)
+        existing = self.scan().entries.get(name) if self.root.is_dir() else None
+        if existing is not None:
+            same_size = existing.manifest.size == size
+            if same_size and hash_file(src) == existing.manifest.content_hash:
+                return CommitResult(name, "unchanged", existing)
+            if not replace:
+                raise ConflictError(
+                    f"{name!r} is already archived with different content "
+                    "(use --replace to replace it)"
+                )
+        self._prepare_root()
+        entry = self._write_object(src, size, name, progress)
+        if existing is None:
+            return CommitResult(name, "committed", entry)
+        if existing.path != entry.path:
+            self._discard(existing.path)
+        return CommitResult(name, "replaced", entry)
+
+    def _write_object(self, src: Path, size: int, name: str, progress: Progress | None) -> Entry:
+        storage = self.storage
+        tier, stripes = layout.plan(size, storage)
+        stage = self.root / STAGING / uuid.uuid4().hex
+        stage.mkdir()
+        try:
+            content, hashes = _core.commit(
+                str(src),
+                str(stage),
+                storage.chunk_size,
+                [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
+                progress,
+            )
+            manifest = _manifest(name, size, tier, storage, stripes, content, hashes)
+            body = manifest.to_json()
+            for copy in (MANIFEST, REPLICA):
+                with open(stage / copy, "xb") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+            fsync_dir(stage)
+            final = self.root / dirname_for(name, manifest.id)
+            if final.exists():
+                raise ConflictError(
+                    f"{final.name} already exists but is not a usable object "
+                    "(run `blockframe health`)"
+                )
+            os.rename(stage, final)
+            fsync_dir(self.root)
+        except _core.SourceChangedError as e:
+            raise SourceError(str(e)) from None
+        except _core.CoreError as e:
+            raise ArchiveError(f"commit of {src} failed: {e}") from None
+        except OSError as e:
+            raise ArchiveError(f"commit of {src} failed: {e}") from None
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return Entry(name, final, manifest)
+
+    def _discard(self, path: Path) -> None:
+        trash = self.root / TRASH
+        trash.mkdir(exist_ok=True)
+        target = trash / uuid.uuid4().hex
+        os.rename(path, target)
+        fsync_dir(self.root)
+        shutil.rmtree(target, ignore_errors=True)
+
+    def commit_tree(
+        self,
+        directory: str | os.PathLike[str],
+        replace: bool = False,
+        progress: Callable[[str, int], Progress | None] | None = None,
+    ) -> tuple[list[CommitResult], list[tuple[str, BlockFrameError]]]:
+        """Commit every regular file under ``directory`` as ``<dir>/<relative path>``.
+
+        Returns the results and the per-file failures (other files still go in)."""
+        top = Path(directory)
+        if not top.is_dir():
+            raise SourceError(f"{top}: not a directory")
+        base = top.resolve().name
+        results: list[CommitResult] = []
+        failures: list[tuple[str, BlockFrameError]] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                path = Path(dirpath) / fname
+                rel = path.relative_to(top).as_posix()
+                name = f"{base}/{rel}"
+                try:
+                    if path.is_symlink():
+                        raise SourceError(f"{path}: symbolic link skipped")
+                    cb = progress(name, path.stat().st_size) if progress else None
+                    results.append(self.commit(path, name, replace, cb))
+                except BlockFrameError as e:
+                    failures.append((name, e))
+        return results, failures
+
+    # -- restore --------------------------------------------------------------------------
+
+    def restore(self, name: str, out: BinaryIO, progress: Progress | None = None) -> RestoreReport:
+        """Write the verified bytes of ``name`` to ``out``; verify its parity too and
+        repair every damaged shard found on the way. Raises IntegrityError (after writing
+        nothing unverified) if damage exceeds what parity can rebuild."""
+        obj = self.open(name)
+        report = RestoreReport(name, obj.size)
+        for piece in obj.chunks(progress):
+            out.write(piece)
+        obj.verify_parity()
+        report.damaged = sorted(
+            f"{obj.shard(st, sh).path} ({d})" for (st, sh), d in obj.damaged.items()
+        )
+        report.repaired, report.unrepaired = obj.repair()
+        return report
+
+
+def check_source(src: Path) -> int:
+    """Size of a committable file, or a SourceError saying why it is not one."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise SourceError(f"{src}: no such file") from None
+    except OSError as e:
+        raise SourceError(f"{src}: cannot read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{src}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{src}: not a regular file")
+    if st.st_size == 0:
+        raise SourceError(f"{src}: file is empty (nothing to archive)")
+    try:
+        with open(src, "rb"):
+            pass
+    except OSError as e:
+        raise SourceError(f"{src}: cannot read: {e.strerror}") from None
+    return st.st_size
+
+
+def hash_file(path: Path) -> str:
+    """BLAKE3 hex digest of a file's content."""
+    try:
+        return _core.hash_file(str(path)).hex()
+    except _core.CoreError as e:
+        raise SourceError(str(e)) from None
+
+
+def _manifest(
+    name: str,
+    size: int,
+    tier: int,
+    storage: StorageConfig,
+    stripes: list[layout.PlannedStripe],
+    content: bytes,
+    hashes: list[list[bytes]],
+) -> Manifest:
+    built = []
+    for st, shard_hashes in zip(stripes, hashes, strict=True):
+        data = tuple(
+            Shard(p, n, h) for (p, n), h in zip(st.data, shard_hashes[: len(st.data)], strict=True)
+        )
+        padded = -(-max(n for _, n in st.data) // 64) * 64
+        parity = tuple(
+            Shard(p, padded, h)
+            for p, h in zip(st.parity, shard_hashes[len(st.data) :], strict=True)
+        )
+        built.append(Stripe(data, parity))
+    leaves = b"".join(h for shard_hashes in hashes for h in shard_hashes)
+    return Manifest(
+        name=name,
+        id=content.hex()[:16],
+        size=size,
+        content_hash=content.hex(),
+        tier=tier,
+        created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        chunk_size=storage.chunk_size,
+        segment_size=storage.segment_size,
+        block_segments=storage.block_segments,
+        parity_shards=storage.parity_shards,
+        stripes=tuple(built),
+        merkle_root=_core.merkle_root(leaves).hex(),
+    )
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at ``path`` only if the block completes: written to a temporary
+    name beside it, fsynced, then renamed."""
+    tmp = path.with_name(f".{path.name}.blockframe-{uuid.uuid4().hex[:8]}")
+    try:
+        f = open(tmp, "xb")  # noqa: SIM115 (closed by the `with f` below)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror}") from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

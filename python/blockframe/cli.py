@@ -1,0 +1,223 @@
+"""The ``blockframe`` command line. Translates errors into one-line messages and exit codes:
+0 success, 1 operational failure (damage, conflict, I/O), 2 usage or config error,
+130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from blockframe import __version__
+from blockframe.archive import Archive, RestoreReport, atomic_output
+from blockframe.config import Config, format_size, load_config
+from blockframe.errors import BlockFrameError, OutputError, UsageError
+
+log = logging.getLogger("blockframe")
+err = Console(stderr=True, highlight=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2, as for every other usage error.
+        self.exit(2, f"blockframe: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="blockframe", description=__doc__.split("\n")[0] if __doc__ else None)
+    p.add_argument("--config", metavar="PATH", help="config file (default: see README)")
+    p.add_argument("--version", action="version", version=f"blockframe {__version__}")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("commit", help="archive a file or every file under a directory")
+    c.add_argument("-f", "--file", required=True, metavar="PATH")
+    c.add_argument("-a", "--archive", metavar="DIR")
+    c.add_argument("--name", help="object name for a single file (default: its base name)")
+    c.add_argument("--replace", action="store_true", help="replace an object of the same name")
+
+    ls = sub.add_parser("list", help="list archived objects")
+    ls.add_argument("-a", "--archive", metavar="DIR")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser("restore", help="write a verified copy of an object")
+    r.add_argument("name", metavar="NAME")
+    r.add_argument("-o", "--output", metavar="PATH", help="file, directory, or - for stdout")
+    r.add_argument("-a", "--archive", metavar="DIR")
+    r.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    return p
+
+
+def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
+    level = {"trace": logging.DEBUG, "warn": logging.WARNING}.get(
+        cfg.logging_level, getattr(logging, cfg.logging_level.upper(), logging.INFO)
+    )
+    if args.verbose:
+        level = logging.DEBUG
+    if args.quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="blockframe: %(message)s")
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing when stderr is piped."""
+    if not err.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _archive(cfg: Config, args: argparse.Namespace) -> Archive:
+    root = Path(args.archive) if args.archive else cfg.archive_directory
+    return Archive(root, cfg.storage)
+
+
+def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
+    archive = _archive(cfg, args)
+    src = Path(args.file)
+    if src.is_dir():
+        if args.name:
+            raise UsageError("--name applies to a single file, not a directory")
+
+        def bar(name: str, size: int) -> Callable[[int], None] | None:
+            return None
+
+        results, failures = archive.commit_tree(src, args.replace, bar)
+        for res in results:
+            _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
+        for name, e in failures:
+            err.print(f"blockframe: error: {name}: {e}", markup=False)
+        return max((e.exit_code for _, e in failures), default=0)
+    size = src.stat().st_size if src.is_file() else 0
+    with progress_bar(f"commit {src.name}", size) as cb:
+        res = archive.commit(src, args.name, args.replace, cb)
+    _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
+    return 0
+
+
+def _say_commit(status: str, name: str, size: int, tier: int) -> None:
+    if status == "unchanged":
+        print(f"unchanged: {name} is already archived with identical content")
+    else:
+        print(f"{status}: {name} ({format_size(size)}, tier {tier})")
+
+
+def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
+    index = _archive(cfg, args).scan()
+    entries = sorted(index.entries.values(), key=lambda e: e.name)
+    if args.json:
+        doc = {
+            "objects": [
+                {
+                    "name": e.name,
+                    "size": e.manifest.size,
+                    "tier": e.manifest.tier,
+                    "status": e.status,
+                    "id": e.manifest.id,
+                    "content_hash": e.manifest.content_hash,
+                    "created": e.manifest.created,
+                    "directory": e.path.name,
+                }
+                for e in entries
+            ],
+            "problems": [{"path": p.path, "reason": p.reason} for p in index.problems],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    table = Table(box=None, header_style="bold")
+    table.add_column("NAME")
+    table.add_column("SIZE", justify="right")
+    table.add_column("TIER", justify="right")
+    table.add_column("STATUS")
+    for e in entries:
+        table.add_row(e.name, format_size(e.manifest.size), str(e.manifest.tier), e.status)
+    Console(highlight=False, soft_wrap=True).print(table)
+    for p in index.problems:
+        log.warning("skipped %s: %s", p.path, p.reason)
+    return 0
+
+
+def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
+    archive = _archive(cfg, args)
+    obj = archive.get(args.name)
+    size = obj.manifest.size
+    if args.output == "-":
+        with progress_bar(f"restore {args.name}", size) as cb:
+            report = archive.restore(args.name, sys.stdout.buffer, cb)
+        sys.stdout.buffer.flush()
+    else:
+        out = Path(args.output) if args.output else Path(Path(args.name).name)
+        if out.is_dir():
+            out = out / Path(args.name).name
+        if out.exists() and not args.force:
+            raise OutputError(f"{out}: already exists (use --force to overwrite)")
+        if not out.parent.is_dir():
+            raise OutputError(f"{out.parent}: no such directory")
+        with progress_bar(f"restore {args.name}", size) as cb, atomic_output(out) as f:
+            report = archive.restore(args.name, f, cb)
+        log.info("restored %s to %s", args.name, out)
+    _report_repairs(report)
+    return 0 if not report.unrepaired else 1
+
+
+def _report_repairs(report: RestoreReport) -> None:
+    # Repairs themselves are logged as they happen (archive.ArchivedObject.repair).
+    for problem in report.unrepaired:
+        log.error("%s: could not repair %s", report.name, problem)
+
+
+COMMANDS = {"commit": cmd_commit, "list": cmd_list, "restore": cmd_restore}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``blockframe`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        _setup_logging(cfg, args)
+        return COMMANDS[args.command](cfg, args)
+    except BlockFrameError as e:
+        print(f"blockframe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("blockframe: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `| head`); not an error of ours.
+        # Python's documented recipe: point stdout at devnull so the interpreter's final
+        # flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        print(f"blockframe: error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,306 @@
+"""The manifest: what an object holds, how it is cut into shards, and the hashes that prove
+every byte. Stored as ``manifest.json`` with an identical replica ``manifest.replica.json``;
+the format is specified in FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blockframe import _core
+from blockframe.errors import ManifestError
+
+FORMAT = "blockframe-manifest"
+VERSION = 1
+MANIFEST = "manifest.json"
+REPLICA = "manifest.replica.json"
+HASH_LEN = 32
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard file: path relative to the object directory, size, chunk hashes."""
+
+    path: str
+    size: int
+    hashes: bytes  # concatenated 32-byte BLAKE3 digests, one per chunk
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """The data shards (file bytes, in order) and parity shards of one Reed-Solomon stripe."""
+
+    data: tuple[Shard, ...]
+    parity: tuple[Shard, ...]
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        """Data shards then parity shards: the numbering the core uses."""
+        return self.data + self.parity
+
+    @property
+    def padded_size(self) -> int:
+        return -(-max(s.size for s in self.data) // 64) * 64
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to read, verify and repair one committed file."""
+
+    name: str
+    id: str
+    size: int
+    content_hash: str
+    tier: int
+    created: str
+    chunk_size: int
+    segment_size: int
+    block_segments: int
+    parity_shards: int
+    stripes: tuple[Stripe, ...]
+    merkle_root: str
+
+    def leaves(self) -> bytes:
+        """All chunk hashes in layout order: the leaves of the Merkle tree."""
+        return b"".join(sh.hashes for st in self.stripes for sh in st.shards)
+
+    def shard_paths(self) -> list[str]:
+        return [sh.path for st in self.stripes for sh in st.shards]
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "id": self.id,
+            "size": self.size,
+            "content_hash": self.content_hash,
+            "tier": self.tier,
+            "created": self.created,
+            "chunk_size": self.chunk_size,
+            "segment_size": self.segment_size,
+            "block_segments": self.block_segments,
+            "parity_shards": self.parity_shards,
+            "stripes": [
+                {
+                    "data": [_shard_dict(s) for s in st.data],
+                    "parity": [_shard_dict(s) for s in st.parity],
+                }
+                for st in self.stripes
+            ],
+            "merkle_root": self.merkle_root,
+        }
+        body["checksum"] = checksum(body)
+        return body
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def _shard_dict(s: Shard) -> dict[str, Any]:
+    return {"path": s.path, "size": s.size, "chunks": base64.b64encode(s.hashes).decode()}
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """The bytes the checksum covers: the manifest without ``checksum``, keys sorted,
+    no whitespace, non-ASCII escaped."""
+    rest = {k: v for k, v in body.items() if k != "checksum"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def checksum(body: Mapping[str, Any]) -> str:
+    return _core.blake3(canonical(body)).hex()
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in d:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    value = d[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ManifestError(f"{where}: field {key!r} must be an integer")
+    if not isinstance(value, kind):
+        raise ManifestError(f"{where}: field {key!r} must be a {kind.__name__}")
+    return value
+
+
+def _hex(d: Mapping[str, Any], key: str, length: int, where: str) -> str:
+    value: str = _get(d, key, str, where)
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise ManifestError(f"{where}: field {key!r} must be {length} lowercase hex digits")
+    return value
+
+
+def safe_relpath(path: str, where: str) -> str:
+    """Accept only normalized relative paths inside the object directory."""
+    if (
+        not path
+        or "\\" in path
+        or "\x00" in path
+        or path.startswith("/")
+        or posixpath.normpath(path) != path
+        or path.split("/")[0] in ("..", ".")
+    ):
+        raise ManifestError(f"{where}: unsafe shard path {path!r}")
+    return path
+
+
+def _shard(d: Any, chunk_size: int, where: str) -> Shard:
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: shard entries must be objects")
+    path = safe_relpath(_get(d, "path", str, where), where)
+    size = _get(d, "size", int, where)
+    if size < 0:
+        raise ManifestError(f"{where}: negative shard size")
+    try:
+        hashes = base64.b64decode(_get(d, "chunks", str, where), validate=True)
+    except binascii.Error:
+        raise ManifestError(f"{where}: {path}: chunk hashes are not base64") from None
+    if len(hashes) != -(-size // chunk_size) * HASH_LEN:
+        raise ManifestError(f"{where}: {path}: wrong number of chunk hashes for {size} bytes")
+    return Shard(path, size, hashes)
+
+
+def parse(raw: bytes, where: str) -> Manifest:
+    """Parse and fully validate manifest bytes: format, version, checksum, geometry and the
+    Merkle root. ``where`` names the file in errors."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ManifestError(f"{where}: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ManifestError(f"{where}: not a manifest object")
+    if body.get("format") != FORMAT:
+        raise ManifestError(f"{where}: not a BlockFrame manifest")
+    version = _get(body, "version", int, where)
+    if version != VERSION:
+        raise ManifestError(
+            f"{where}: manifest version {version} is not supported (this build reads {VERSION})"
+        )
+    if _get(body, "checksum", str, where) != checksum(body):
+        raise ManifestError(f"{where}: checksum mismatch (the manifest is damaged)")
+    chunk_size = _get(body, "chunk_size", int, where)
+    if chunk_size <= 0 or chunk_size % 64 or chunk_size > 2**20:
+        raise ManifestError(f"{where}: invalid chunk_size {chunk_size}")
+    stripes_raw = _get(body, "stripes", list, where)
+    if not stripes_raw:
+        raise ManifestError(f"{where}: no stripes")
+    stripes = []
+    for i, st in enumerate(stripes_raw):
+        w = f"{where}: stripe {i}"
+        if not isinstance(st, dict):
+            raise ManifestError(f"{w}: must be an object")
+        data = tuple(_shard(s, chunk_size, w) for s in _get(st, "data", list, w))
+        parity = tuple(_shard(s, chunk_size, w) for s in _get(st, "parity", list, w))
+        if not data or not parity or any(s.size == 0 for s in data):
+            raise ManifestError(f"{w}: needs non-empty data shards and parity shards")
+        stripe = Stripe(data, parity)
+        if any(p.size != stripe.padded_size for p in parity):
+            raise ManifestError(f"{w}: parity size does not match the data shards")
+        stripes.append(stripe)
+    m = Manifest(
+        name=_get(body, "name", str, where),
+        id=_hex(body, "id", 16, where),
+        size=_get(body, "size", int, where),
+        content_hash=_hex(body, "content_hash", 64, where),
+        tier=_get(body, "tier", int, where),
+        created=_get(body, "created", str, where),
+        chunk_size=chunk_size,
+        segment_size=_get(body, "segment_size", int, where),
+        block_segments=_get(body, "block_segments", int, where),
+        parity_shards=_get(body, "parity_shards", int, where),
+        stripes=tuple(stripes),
+        merkle_root=_hex(body, "merkle_root", 64, where),
+    )
+    if m.tier not in (1, 2, 3):
+        raise ManifestError(f"{where}: unknown tier {m.tier}")
+    if not m.content_hash.startswith(m.id):
+        raise ManifestError(f"{where}: id is not the start of the content hash")
+    if sum(s.size for st in m.stripes for s in st.data) != m.size:
+        raise ManifestError(f"{where}: data shard sizes do not add up to the file size")
+    paths = m.shard_paths()
+    if len(set(paths)) != len(paths) or MANIFEST in paths or REPLICA in paths:
+        raise ManifestError(f"{where}: shard paths collide")
+    if _core.merkle_root(m.leaves()).hex() != m.merkle_root:
+        raise ManifestError(f"{where}: Merkle root does not match the chunk hashes")
+    return m
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A manifest read from an object directory, and what had to be done to read it."""
+
+    manifest: Manifest
+    repaired: tuple[str, ...]  # copies rewritten from the good one, e.g. ("manifest.json",)
+    problems: tuple[str, ...]  # why a copy was bad
+
+
+def load(obj_dir: Path, repair: bool = True) -> Loaded:
+    """Read the manifest of ``obj_dir``, falling back to the replica when the primary is
+    missing or damaged. With ``repair`` a bad or missing copy is rewritten from the good
+    one (atomically); if the archive is read-only the repair is skipped, not fatal."""
+    copies: dict[str, Manifest] = {}
+    problems: list[str] = []
+    raws: dict[str, bytes] = {}
+    for name in (MANIFEST, REPLICA):
+        path = obj_dir / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        except OSError as e:
+            problems.append(f"{name}: unreadable ({e.strerror})")
+            continue
+        try:
+            copies[name] = parse(raw, name)
+            raws[name] = raw
+        except ManifestError as e:
+            problems.append(str(e))
+    if not copies:
+        raise ManifestError(f"{obj_dir.name}: no usable manifest ({'; '.join(problems)})")
+    primary = copies.get(MANIFEST)
+    replica = copies.get(REPLICA)
+    if primary and replica and primary != replica:
+        # Both verify but differ: never guess which is right.
+        raise ManifestError(f"{obj_dir.name}: manifest and replica disagree")
+    good_name, good = next(iter(copies.items()))
+    repaired: list[str] = []
+    if repair:
+        for name in (MANIFEST, REPLICA):
+            if name not in copies:
+                try:
+                    write_file(obj_dir / name, raws[good_name])
+                    repaired.append(name)
+                except OSError:
+                    pass
+    return Loaded(good, tuple(repaired), tuple(problems))

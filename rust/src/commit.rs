@@ -1,0 +1,335 @@
+//! The commit pipeline: read the source once in stripe order, hash and encode it, and write
+//! and sync data and parity shards, with disk writes overlapping hashing and encoding.
+//!
+//! Threads (all scoped to one call):
+//! - the *encoder* (the calling thread) reads a window of every data shard of a stripe into
+//!   pooled buffers, hashes the data chunks, encodes the parity window and hashes it;
+//! - the *writer* writes each window to the shard files and starts their writeback
+//!   (`sync_file_range`), so the disk works while the encoder computes;
+//! - the *syncer* fsyncs the files of each finished stripe;
+//! - the *content hasher* hashes the whole file sequentially for the object id.
+//!
+//! Memory is a fixed pool of window buffers, independent of the file size. The source is
+//! read with `pread` rather than mmapped: mapped pages count against the process's RSS
+//! however they are released, and a source truncated by another process during the commit
+//! would kill an mmap reader with SIGBUS instead of giving an error.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use crate::codec;
+use crate::error::{Error, IoContext, Result};
+use crate::hashing::{chunk_hashes, Hash};
+use crate::layout::{check_chunk_size, padded_len};
+use crate::shardio::fsync_dir;
+
+/// Bytes of every shard handled per pipeline step.
+const WINDOW: u64 = 1 << 20;
+/// Window buffers in flight (one being filled, the rest queued or being written).
+const POOL: usize = 3;
+
+/// One data shard to write: its path relative to the object directory and its length.
+#[derive(Debug, Clone)]
+pub struct PlanShard {
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+/// One stripe to write: data shards in file order and the paths of its parity shards.
+#[derive(Debug, Clone)]
+pub struct PlanStripe {
+    pub data: Vec<PlanShard>,
+    pub parity: Vec<PathBuf>,
+}
+
+/// Shared between the pipeline and whoever watches it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Source bytes written to shard files so far.
+    pub done: AtomicU64,
+    /// Set to ask the pipeline to stop; it then returns `Error::Cancelled`.
+    pub cancel: AtomicBool,
+}
+
+/// What a commit produced: the BLAKE3 hash of the whole file and, per stripe and shard
+/// (data first, then parity), the chunk hashes.
+#[derive(Debug)]
+pub struct CommitOutput {
+    pub content_hash: Hash,
+    pub hashes: Vec<Vec<Vec<Hash>>>,
+}
+
+struct Job {
+    stripe: usize,
+    /// Bytes of each data shard that are real file bytes in this window.
+    real: Vec<usize>,
+    data: Vec<Vec<u8>>,
+    parity: Vec<Vec<u8>>,
+    first: bool,
+    last: bool,
+}
+
+/// Write the shards of `source` under `root` following `plan`.
+pub fn commit(
+    source: &Path,
+    root: &Path,
+    chunk_size: u64,
+    plan: &[PlanStripe],
+    progress: &Progress,
+) -> Result<CommitOutput> {
+    check_chunk_size(chunk_size)?;
+    let total: u64 = plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum();
+    let file = File::open(source).at(source)?;
+    let before = file.metadata().at(source)?;
+    if before.len() != total {
+        return Err(Error::SourceChanged {
+            path: source.to_path_buf(),
+        });
+    }
+    let window = (WINDOW / chunk_size).max(1) * chunk_size;
+    let max_k = plan.iter().map(|s| s.data.len()).max().unwrap_or(0);
+    let max_m = plan.iter().map(|s| s.parity.len()).max().unwrap_or(0);
+    if plan.is_empty() || max_k == 0 || max_m == 0 {
+        return Err(Error::Layout("a commit plan needs data and parity shards".into()));
+    }
+
+    let (job_tx, job_rx) = sync_channel::<Job>(POOL);
+    let (free_tx, free_rx) = sync_channel::<Job>(POOL);
+    for _ in 0..POOL {
+        free_tx
+            .send(Job {
+                stripe: 0,
+                real: Vec::new(),
+                data: vec![Vec::with_capacity(window as usize); max_k],
+                parity: vec![Vec::with_capacity(window as usize); max_m],
+                first: false,
+                last: false,
+            })
+            .expect("pool channel has room");
+    }
+    let (sync_tx, sync_rx) = sync_channel::<Vec<(PathBuf, File)>>(plan.len());
+
+    std::thread::scope(|scope| {
+        let content = scope.spawn(|| hash_whole_file(source, progress));
+        let syncer = scope.spawn(move || sync_stripes(sync_rx));
+        let writer = scope.spawn(|| write_jobs(root, plan, job_rx, free_tx, sync_tx, progress));
+        let encoded = encode_stripes(&file, source, plan, chunk_size, window, job_tx, free_rx, progress);
+        if encoded.is_err() {
+            // Stop the content hasher early; its result is no longer needed.
+            progress.cancel.store(true, Ordering::Relaxed);
+        }
+        // Join everything before judging: the first real error wins over the knock-on
+        // "channel closed" failures it causes in the other threads.
+        let written = writer.join().expect("writer thread panicked");
+        let synced = syncer.join().expect("syncer thread panicked");
+        let content_hash = content.join().expect("hasher thread panicked");
+        let (hashes, content_hash) = match (encoded, written, synced, content_hash) {
+            (Ok(h), Ok(()), Ok(()), Ok(c)) => (h, c),
+            (e1, e2, e3, e4) => {
+                // A failing thread makes the others fail with `Cancelled` (closed channels);
+                // report the failure that started it.
+                let errors = [e1.err(), e2.err(), e3.err(), e4.err()];
+                let mut errors = errors.into_iter().flatten();
+                let first = errors.next().unwrap_or(Error::Cancelled);
+                if matches!(first, Error::Cancelled) {
+                    return Err(errors.find(|e| !matches!(e, Error::Cancelled)).unwrap_or(first));
+                }
+                return Err(first);
+            }
+        };
+        let after = file.metadata().at(source)?;
+        if after.len() != before.len() || after.mtime_nsec() != before.mtime_nsec() || after.mtime() != before.mtime() {
+            return Err(Error::SourceChanged {
+                path: source.to_path_buf(),
+            });
+        }
+        fsync_tree(root, plan)?;
+        Ok(CommitOutput {
+            content_hash,
+            hashes,
+        })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_stripes(
+    file: &File,
+    source: &Path,
+    plan: &[PlanStripe],
+    chunk_size: u64,
+    window: u64,
+    job_tx: SyncSender<Job>,
+    free_rx: Receiver<Job>,
+    progress: &Progress,
+) -> Result<Vec<Vec<Vec<Hash>>>> {
+    let mut all = Vec::with_capacity(plan.len());
+    let mut offset = 0u64;
+    for (si, stripe) in plan.iter().enumerate() {
+        let k = stripe.data.len();
+        let m = stripe.parity.len();
+        let padded = padded_len(stripe.data.iter().map(|d| d.len));
+        let mut hashes: Vec<Vec<Hash>> = vec![Vec::new(); k + m];
+        let mut w0 = 0;
+        while w0 < padded {
+            if progress.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let wlen = window.min(padded - w0) as usize;
+            // A closed pool means the writer stopped on an error; it reports that error.
+            let Ok(mut job) = free_rx.recv() else {
+                return Err(Error::Cancelled);
+            };
+            job.stripe = si;
+            job.first = w0 == 0;
+            job.last = w0 + wlen as u64 >= padded;
+            job.real.clear();
+            let mut shard_off = offset;
+            for (i, shard) in stripe.data.iter().enumerate() {
+                let real = shard.len.saturating_sub(w0).min(wlen as u64) as usize;
+                let buf = &mut job.data[i];
+                buf.resize(wlen, 0);
+                if real > 0 {
+                    file.read_exact_at(&mut buf[..real], shard_off + w0).at(source)?;
+                }
+                buf[real..].fill(0);
+                hashes[i].extend(chunk_hashes(&buf[..real], chunk_size as usize));
+                job.real.push(real);
+                shard_off += shard.len;
+            }
+            let slices: Vec<&[u8]> = job.data[..k].iter().map(Vec::as_slice).collect();
+            codec::encode(&slices, &mut job.parity[..m])?;
+            for (j, p) in job.parity[..m].iter().enumerate() {
+                hashes[k + j].extend(chunk_hashes(p, chunk_size as usize));
+            }
+            if job_tx.send(job).is_err() {
+                return Err(Error::Cancelled);
+            }
+            w0 += wlen as u64;
+        }
+        offset += stripe.data.iter().map(|d| d.len).sum::<u64>();
+        all.push(hashes);
+    }
+    Ok(all)
+}
+
+fn write_jobs(
+    root: &Path,
+    plan: &[PlanStripe],
+    job_rx: Receiver<Job>,
+    free_tx: SyncSender<Job>,
+    sync_tx: SyncSender<Vec<(PathBuf, File)>>,
+    progress: &Progress,
+) -> Result<()> {
+    let mut files: Vec<(PathBuf, File)> = Vec::new();
+    let mut pos = 0u64;
+    for job in job_rx {
+        let stripe = &plan[job.stripe];
+        if job.first {
+            files.clear();
+            pos = 0;
+            for rel in stripe.data.iter().map(|d| &d.path).chain(&stripe.parity) {
+                let path = root.join(rel);
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).at(dir)?;
+                }
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .at(&path)?;
+                files.push((path, f));
+            }
+        }
+        let k = stripe.data.len();
+        let mut written = 0u64;
+        for (i, (path, f)) in files.iter_mut().enumerate() {
+            let bytes = if i < k {
+                &job.data[i][..job.real[i]]
+            } else {
+                job.parity[i - k].as_slice()
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            f.write_all(bytes).at(path)?;
+            start_writeback(f, pos, bytes.len() as u64);
+            if i < k {
+                written += bytes.len() as u64;
+            }
+        }
+        pos += job.parity[0].len() as u64;
+        progress.done.fetch_add(written, Ordering::Relaxed);
+        let last = job.last;
+        // The encoder may already be gone (it failed); then nobody needs the buffers back.
+        let _ = free_tx.send(job);
+        if last && sync_tx.send(std::mem::take(&mut files)).is_err() {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(())
+}
+
+/// Ask the kernel to start writing a just-written range now rather than when the dirty
+/// page limit is reached, so the disk streams while the encoder works; fsync then only
+/// waits for the tail.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is valid for the
+    // lifetime of `f`. Failure is harmless (fsync later does the real work), so it is ignored.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+fn sync_stripes(rx: Receiver<Vec<(PathBuf, File)>>) -> Result<()> {
+    for files in rx {
+        for (path, f) in files {
+            f.sync_all().at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsync every directory the plan created, deepest first, then the object directory.
+fn fsync_tree(root: &Path, plan: &[PlanStripe]) -> Result<()> {
+    let mut dirs = BTreeSet::new();
+    for stripe in plan {
+        for rel in stripe.data.iter().map(|d| &d.path).chain(&stripe.parity) {
+            let mut p = root.join(rel);
+            while p.pop() && p.starts_with(root) {
+                dirs.insert(p.clone());
+            }
+        }
+    }
+    for dir in dirs.iter().rev() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn hash_whole_file(source: &Path, progress: &Progress) -> Result<Hash> {
+    let mut f = File::open(source).at(source)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; WINDOW as usize];
+    loop {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let n = f.read(&mut buf).at(source)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}

@@ -1,0 +1,63 @@
+//! The one error type of the core. Every variant carries enough context to be shown to a
+//! user as a single line.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed on a specific file.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+
+    /// The layout handed to the core is inconsistent (wrong hash counts, bad geometry...).
+    #[error("invalid layout: {0}")]
+    Layout(String),
+
+    /// The Reed-Solomon library refused an operation.
+    #[error("Reed-Solomon codec: {0}")]
+    Codec(String),
+
+    /// Too few verified shards survive to rebuild a byte range of a stripe.
+    #[error(
+        "stripe {stripe}: bytes {start}..{end} cannot be recovered: \
+         {good} verified shards, {needed} needed"
+    )]
+    Unrecoverable {
+        stripe: usize,
+        start: u64,
+        end: u64,
+        good: usize,
+        needed: usize,
+    },
+
+    /// Bytes rebuilt by the decoder did not match the manifest hash. With verified inputs
+    /// this means a bug or a wrong manifest; the bytes are never used.
+    #[error("{path}: rebuilt bytes {start}..{end} do not match the manifest hash")]
+    RebuildMismatch { path: PathBuf, start: u64, end: u64 },
+
+    /// The source file changed while it was being committed.
+    #[error("{path}: the file changed while it was being committed")]
+    SourceChanged { path: PathBuf },
+
+    /// The caller asked the operation to stop.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attach a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

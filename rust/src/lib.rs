@@ -1,0 +1,283 @@
+//! BlockFrame core: Reed-Solomon coding, BLAKE3 chunk hashing and Merkle roots, the commit
+//! pipeline and the verified reader. The modules are plain Rust; only this file touches
+//! PyO3 (behind the `python` feature, which maturin enables).
+
+pub mod codec;
+pub mod commit;
+pub mod error;
+pub mod hashing;
+pub mod layout;
+pub mod reader;
+pub mod shardio;
+
+pub use error::{Error, Result};
+
+#[cfg(feature = "python")]
+mod python {
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyException;
+    use pyo3::prelude::*;
+    use pyo3::types::PyBytes;
+
+    use crate::commit::{PlanShard, PlanStripe, Progress};
+    use crate::error::Error;
+    use crate::hashing::{self, Hash};
+    use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
+    use crate::reader::{BadShard, Reader};
+
+    create_exception!(_core, CoreError, PyException, "Any failure of the BlockFrame core.");
+    create_exception!(
+        _core,
+        UnrecoverableError,
+        CoreError,
+        "Too few verified shards survive to rebuild the requested bytes."
+    );
+    create_exception!(_core, CancelledError, CoreError, "The operation was cancelled.");
+    create_exception!(
+        _core,
+        SourceChangedError,
+        CoreError,
+        "The source file changed while it was being committed."
+    );
+
+    fn to_py(e: Error) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            Error::Unrecoverable { .. } | Error::RebuildMismatch { .. } => {
+                UnrecoverableError::new_err(msg)
+            }
+            Error::Cancelled => CancelledError::new_err(msg),
+            Error::SourceChanged { .. } => SourceChangedError::new_err(msg),
+            _ => CoreError::new_err(msg),
+        }
+    }
+
+    type BadTuple = (usize, usize, &'static str);
+
+    fn bad_tuples(bad: &[BadShard]) -> Vec<BadTuple> {
+        bad.iter()
+            .map(|b| (b.stripe, b.shard, b.damage.as_str()))
+            .collect()
+    }
+
+    type ShardArg = (PathBuf, u64, Vec<u8>);
+
+    fn shard_spec((path, len, raw): ShardArg) -> PyResult<ShardSpec> {
+        let hashes = hashing::split_hashes(&raw).ok_or_else(|| {
+            CoreError::new_err(format!("{}: hashes are not 32-byte digests", path.display()))
+        })?;
+        Ok(ShardSpec { path, len, hashes })
+    }
+
+    /// A verified reader over one committed object.
+    #[pyclass(frozen, name = "Object", module = "blockframe._core")]
+    struct PyObjectReader {
+        reader: Reader,
+    }
+
+    #[pymethods]
+    impl PyObjectReader {
+        #[new]
+        fn new(
+            root: PathBuf,
+            chunk_size: u64,
+            stripes: Vec<(Vec<ShardArg>, Vec<ShardArg>)>,
+        ) -> PyResult<Self> {
+            let stripes = stripes
+                .into_iter()
+                .map(|(data, parity)| {
+                    Ok(StripeSpec {
+                        data: data.into_iter().map(shard_spec).collect::<PyResult<_>>()?,
+                        parity: parity.into_iter().map(shard_spec).collect::<PyResult<_>>()?,
+                    })
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            let spec = ObjectSpec::new(&root, chunk_size, stripes).map_err(to_py)?;
+            Ok(Self {
+                reader: Reader::new(spec),
+            })
+        }
+
+        #[getter]
+        fn size(&self) -> u64 {
+            self.reader.spec().size()
+        }
+
+        /// Merkle root over every chunk hash of the object.
+        fn merkle_root<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            PyBytes::new(py, &hashing::merkle_root(&self.reader.spec().leaves()))
+        }
+
+        /// Verified bytes `[offset, offset + size)` (clipped to the object) and the shards
+        /// found bad on the way.
+        fn read<'py>(
+            &self,
+            py: Python<'py>,
+            offset: u64,
+            size: u64,
+        ) -> PyResult<(Bound<'py, PyBytes>, Vec<BadTuple>)> {
+            let total = self.reader.spec().size();
+            let n = size.min(total.saturating_sub(offset)) as usize;
+            let mut bad = Vec::new();
+            let bytes = PyBytes::new_with(py, n, |buf| {
+                py.detach(|| self.reader.read(offset, buf, &mut bad))
+                    .map_err(to_py)
+            })?;
+            Ok((bytes, bad_tuples(&bad)))
+        }
+
+        /// Verify one shard: (bad chunk indices, damage or None).
+        fn verify_shard(
+            &self,
+            py: Python<'_>,
+            stripe: usize,
+            shard: usize,
+        ) -> PyResult<(Vec<u64>, Option<&'static str>)> {
+            self.check_index(stripe, shard)?;
+            let check = py.detach(|| self.reader.verify_shard(stripe, shard));
+            Ok((check.bad_chunks, check.damage.map(|d| d.as_str())))
+        }
+
+        /// Rebuild a damaged shard in place (verified, atomic); returns (chunks rebuilt,
+        /// other shards found bad while rebuilding).
+        fn repair_shard(
+            &self,
+            py: Python<'_>,
+            stripe: usize,
+            shard: usize,
+        ) -> PyResult<(u64, Vec<BadTuple>)> {
+            self.check_index(stripe, shard)?;
+            let mut bad = Vec::new();
+            let n = py
+                .detach(|| self.reader.repair_shard(stripe, shard, &mut bad))
+                .map_err(to_py)?;
+            bad.retain(|b| !(b.stripe == stripe && b.shard == shard));
+            Ok((n, bad_tuples(&bad)))
+        }
+    }
+
+    impl PyObjectReader {
+        fn check_index(&self, stripe: usize, shard: usize) -> PyResult<()> {
+            let stripes = &self.reader.spec().stripes;
+            if stripe >= stripes.len() || shard >= stripes[stripe].shard_count() {
+                return Err(CoreError::new_err(format!("no shard {shard} in stripe {stripe}")));
+            }
+            Ok(())
+        }
+    }
+
+    type PlanArg = (Vec<(PathBuf, u64)>, Vec<PathBuf>);
+
+    /// Write the shards of `source` under `root`. Calls `progress(bytes_done)` a few times
+    /// a second; Ctrl+C (or an exception from `progress`) cancels. Returns the BLAKE3 hash
+    /// of the file and, per stripe, the concatenated chunk hashes of each shard.
+    #[pyfunction]
+    #[pyo3(name = "commit", signature = (source, root, chunk_size, stripes, progress=None))]
+    fn commit_file<'py>(
+        py: Python<'py>,
+        source: PathBuf,
+        root: PathBuf,
+        chunk_size: u64,
+        stripes: Vec<PlanArg>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>)> {
+        let plan: Vec<PlanStripe> = stripes
+            .into_iter()
+            .map(|(data, parity)| PlanStripe {
+                data: data
+                    .into_iter()
+                    .map(|(path, len)| PlanShard { path, len })
+                    .collect(),
+                parity,
+            })
+            .collect();
+        let state = Progress::default();
+        let mut interrupt: Option<PyErr> = None;
+        let result = py.detach(|| {
+            std::thread::scope(|scope| {
+                let worker =
+                    scope.spawn(|| crate::commit::commit(&source, &root, chunk_size, &plan, &state));
+                let mut last_report = Instant::now();
+                while !worker.is_finished() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if last_report.elapsed() < Duration::from_millis(200) {
+                        continue;
+                    }
+                    last_report = Instant::now();
+                    Python::attach(|py| {
+                        let done = state.done.load(Ordering::Relaxed);
+                        let reported = progress.as_ref().map_or(Ok(()), |cb| {
+                            cb.call1(py, (done,)).map(drop)
+                        });
+                        if let Err(e) = reported.and_then(|()| py.check_signals()) {
+                            state.cancel.store(true, Ordering::Relaxed);
+                            interrupt.get_or_insert(e);
+                        }
+                    });
+                }
+                worker.join().expect("commit thread panicked")
+            })
+        });
+        if let Some(e) = interrupt {
+            return Err(e);
+        }
+        let out = result.map_err(to_py)?;
+        let hashes = out
+            .hashes
+            .iter()
+            .map(|stripe| {
+                stripe
+                    .iter()
+                    .map(|shard| PyBytes::new(py, &shard.concat()))
+                    .collect()
+            })
+            .collect();
+        Ok((PyBytes::new(py, &out.content_hash), hashes))
+    }
+
+    /// Merkle root over concatenated 32-byte leaves.
+    #[pyfunction]
+    fn merkle_root<'py>(py: Python<'py>, leaves: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let leaves: Vec<Hash> = hashing::split_hashes(leaves)
+            .ok_or_else(|| CoreError::new_err("leaves are not 32-byte digests"))?;
+        Ok(PyBytes::new(py, &hashing::merkle_root(&leaves)))
+    }
+
+    /// BLAKE3 hash of `data`.
+    #[pyfunction]
+    #[pyo3(name = "blake3")]
+    fn blake3_digest<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+        let digest = hashing::chunk_hash(data);
+        PyBytes::new(py, &digest)
+    }
+
+    /// BLAKE3 hash of a file's content, read in 1 MiB pieces.
+    #[pyfunction]
+    fn hash_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+        let digest = py
+            .detach(|| crate::hashing::hash_file(&path))
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &digest))
+    }
+
+    #[pymodule]
+    #[pyo3(name = "_core")]
+    fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        m.add_class::<PyObjectReader>()?;
+        m.add_function(wrap_pyfunction!(commit_file, m)?)?;
+        m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
+        m.add_function(wrap_pyfunction!(hash_file, m)?)?;
+        m.add_function(wrap_pyfunction!(blake3_digest, m)?)?;
+        m.add("CoreError", py.get_type::<CoreError>())?;
+        m.add("UnrecoverableError", py.get_type::<UnrecoverableError>())?;
+        m.add("CancelledError", py.get_type::<CancelledError>())?;
+        m.add("SourceChangedError", py.get_type::<SourceChangedError>())?;
+        m.add("CHUNK_ALIGN", crate::codec::ALIGN)?;
+        Ok(())
+    }
+}

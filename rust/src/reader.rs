@@ -1,0 +1,335 @@
+//! The verified reader: reads of any range that verify only the chunks they touch, rebuild
+//! damaged chunks from verified survivors, and report which shards were bad; whole-shard
+//! verification; and repair of a damaged shard into a verified replacement.
+
+use std::fs;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::hashing::{chunk_count, chunk_hash};
+use crate::layout::{ObjectSpec, ShardSpec};
+use crate::shardio::{read_range, AtomicFile, Problem};
+
+/// Bytes verified, hashed or rebuilt per step when walking a whole shard.
+const WINDOW: u64 = 1 << 20;
+
+/// What was wrong with a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// The file does not exist.
+    Missing,
+    /// The file ends before its recorded length.
+    Short,
+    /// The file is longer than its recorded length (the tail is not ours).
+    Oversized,
+    /// The file could not be read (I/O error).
+    Unreadable,
+    /// Chunk bytes do not match the manifest hash.
+    Corrupt,
+}
+
+impl Damage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Damage::Missing => "missing",
+            Damage::Short => "short",
+            Damage::Oversized => "oversized",
+            Damage::Unreadable => "unreadable",
+            Damage::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// A shard found bad during an operation: stripe, shard (data first, then parity), why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadShard {
+    pub stripe: usize,
+    pub shard: usize,
+    pub damage: Damage,
+}
+
+/// Result of verifying one whole shard.
+#[derive(Debug, Clone, Default)]
+pub struct ShardCheck {
+    /// Indices of chunks that failed verification (or could not be read).
+    pub bad_chunks: Vec<u64>,
+    /// The worst problem seen, if any.
+    pub damage: Option<Damage>,
+}
+
+impl ShardCheck {
+    pub fn is_ok(&self) -> bool {
+        self.damage.is_none()
+    }
+}
+
+fn note(bad: &mut Vec<BadShard>, b: BadShard) {
+    if !bad.iter().any(|x| x.stripe == b.stripe && x.shard == b.shard) {
+        bad.push(b);
+    }
+}
+
+/// Which chunks of `buf` (bytes of `spec` from chunk `first` on, `avail` of them real)
+/// match their hashes. Chunks wholly past the end of a data shard are its in-memory zero
+/// padding and always valid.
+fn check_chunks(spec: &ShardSpec, chunk: u64, first: u64, buf: &[u8], avail: usize) -> Vec<bool> {
+    let count = (buf.len() as u64).div_ceil(chunk);
+    (0..count)
+        .map(|n| {
+            let j = first + n;
+            let begin = j * chunk;
+            if begin >= spec.len {
+                return true;
+            }
+            let len = chunk.min(spec.len - begin) as usize;
+            let local = (n * chunk) as usize;
+            local + len <= avail && chunk_hash(&buf[local..local + len]) == spec.hashes[j as usize]
+        })
+        .collect()
+}
+
+fn damage_of(problem: Option<Problem>) -> Damage {
+    match problem {
+        Some(Problem::Missing) => Damage::Missing,
+        Some(Problem::Short) => Damage::Short,
+        Some(Problem::Unreadable) => Damage::Unreadable,
+        None => Damage::Corrupt,
+    }
+}
+
+/// A verified reader over one object. Cheap to share between threads: it holds no open
+/// files (a repaired shard is a new inode, so every read opens the current one).
+pub struct Reader {
+    spec: ObjectSpec,
+}
+
+impl Reader {
+    pub fn new(spec: ObjectSpec) -> Self {
+        Self { spec }
+    }
+
+    pub fn spec(&self) -> &ObjectSpec {
+        &self.spec
+    }
+
+    /// Fill `out` with the file bytes at `offset`, every byte verified (rebuilt from parity
+    /// where a chunk fails). Shards found bad are added to `bad`.
+    pub fn read(&self, offset: u64, out: &mut [u8], bad: &mut Vec<BadShard>) -> Result<()> {
+        let end = offset + out.len() as u64;
+        if end > self.spec.size() {
+            return Err(Error::Layout(format!(
+                "read {offset}..{end} past the end of a {}-byte object",
+                self.spec.size()
+            )));
+        }
+        let chunk = self.spec.chunk_size;
+        let mut pos = offset;
+        let mut out = out;
+        while !out.is_empty() {
+            let (stripe, shard, soff) = self.spec.locate(pos);
+            let spec = &self.spec.stripes[stripe].data[shard];
+            let n = (out.len() as u64).min(spec.len - soff) as usize;
+            let c0 = soff / chunk;
+            let c1 = (soff + n as u64).div_ceil(chunk);
+            let a = c0 * chunk;
+            let b = (c1 * chunk).min(spec.len);
+            let rr = read_range(&self.spec.path(stripe, shard), a, b);
+            let valid = check_chunks(spec, chunk, c0, &rr.buf, rr.avail);
+            let local = (soff - a) as usize;
+            if valid.iter().all(|&v| v) {
+                out[..n].copy_from_slice(&rr.buf[local..local + n]);
+            } else {
+                let damage = damage_of(rr.problem);
+                note(bad, BadShard { stripe, shard, damage });
+                let data = self.recover(stripe, c0, c1, bad)?;
+                out[..n].copy_from_slice(&data[shard][local..local + n]);
+            }
+            pos += n as u64;
+            out = &mut out[n..];
+        }
+        Ok(())
+    }
+
+    /// Rebuild the `k` data slices of stripe range `[c0, c1)` (in chunks) from verified
+    /// shards: data shards first, parity only as far as needed. Rebuilt bytes are checked
+    /// against the manifest before they are returned. Bad shards go into `bad`.
+    fn recover(&self, stripe: usize, c0: u64, c1: u64, bad: &mut Vec<BadShard>) -> Result<Vec<Vec<u8>>> {
+        let st = &self.spec.stripes[stripe];
+        let chunk = self.spec.chunk_size;
+        let k = st.k();
+        let padded = st.padded_len();
+        let a = c0 * chunk;
+        let b = (c1 * chunk).min(padded);
+        let nchunks = (c1 - c0) as usize;
+        let mut bufs: Vec<Option<Vec<u8>>> = vec![None; st.shard_count()];
+        let mut valid: Vec<Vec<bool>> = vec![vec![false; nchunks]; st.shard_count()];
+        let mut good_per_chunk = vec![0usize; nchunks];
+        for s in 0..st.shard_count() {
+            if s >= k && good_per_chunk.iter().all(|&g| g >= k) {
+                break;
+            }
+            let spec = st.shard(s);
+            let rr = if a < spec.len {
+                read_range(&self.spec.path(stripe, s), a, b.min(spec.len))
+            } else {
+                // Entirely in the zero padding of a short data shard.
+                read_range_zero()
+            };
+            let mut buf = rr.buf;
+            buf.resize((b - a) as usize, 0);
+            let v = check_chunks(spec, chunk, c0, &buf, if a < spec.len { rr.avail } else { 0 });
+            if v.iter().any(|&ok| !ok) {
+                note(bad, BadShard { stripe, shard: s, damage: damage_of(rr.problem) });
+            }
+            for (j, &ok) in v.iter().enumerate() {
+                good_per_chunk[j] += usize::from(ok);
+            }
+            valid[s] = v;
+            bufs[s] = Some(buf);
+        }
+        let mut out: Vec<Vec<u8>> = vec![vec![0u8; (b - a) as usize]; k];
+        // Decode runs of chunks that share the same set of valid shards in one call.
+        let mut j = 0;
+        while j < nchunks {
+            let pattern: Vec<bool> = (0..st.shard_count()).map(|s| valid[s][j]).collect();
+            let mut end = j + 1;
+            while end < nchunks && (0..st.shard_count()).all(|s| valid[s][end] == pattern[s]) {
+                end += 1;
+            }
+            let lo = j * chunk as usize;
+            let hi = (end * chunk as usize).min((b - a) as usize);
+            let good = pattern.iter().filter(|&&p| p).count();
+            if good < k {
+                return Err(Error::Unrecoverable {
+                    stripe,
+                    start: a + lo as u64,
+                    end: a + hi as u64,
+                    good,
+                    needed: k,
+                });
+            }
+            let slices: Vec<Option<&[u8]>> = (0..st.shard_count())
+                .map(|s| {
+                    pattern[s]
+                        .then(|| bufs[s].as_deref().map(|buf| &buf[lo..hi]))
+                        .flatten()
+                })
+                .collect();
+            let restored = codec::reconstruct(k, &slices)?;
+            for (i, data) in restored.into_iter().enumerate() {
+                if !pattern[i] {
+                    self.check_rebuilt(stripe, i, c0 + j as u64, &data)?;
+                }
+                out[i][lo..hi].copy_from_slice(&data);
+            }
+            j = end;
+        }
+        Ok(out)
+    }
+
+    /// Verify rebuilt bytes of shard `s` starting at chunk `first`.
+    fn check_rebuilt(&self, stripe: usize, s: usize, first: u64, data: &[u8]) -> Result<()> {
+        let spec = self.spec.stripes[stripe].shard(s);
+        let chunk = self.spec.chunk_size;
+        let valid = check_chunks(spec, chunk, first, data, data.len());
+        if let Some(n) = valid.iter().position(|&v| !v) {
+            let start = (first + n as u64) * chunk;
+            return Err(Error::RebuildMismatch {
+                path: self.spec.path(stripe, s),
+                start,
+                end: (start + chunk).min(spec.len),
+            });
+        }
+        Ok(())
+    }
+
+    /// Verify every chunk of one shard (data or parity) and its length.
+    pub fn verify_shard(&self, stripe: usize, s: usize) -> ShardCheck {
+        let spec = self.spec.stripes[stripe].shard(s);
+        let path = self.spec.path(stripe, s);
+        let chunk = self.spec.chunk_size;
+        let mut check = ShardCheck::default();
+        let actual = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => {
+                check.bad_chunks = (0..chunk_count(spec.len, chunk)).collect();
+                check.damage = Some(Damage::Missing);
+                return check;
+            }
+        };
+        let window = (WINDOW / chunk).max(1) * chunk;
+        let mut a = 0;
+        while a < spec.len {
+            let b = (a + window).min(spec.len);
+            let rr = read_range(&path, a, b);
+            let first = a / chunk;
+            for (n, ok) in check_chunks(spec, chunk, first, &rr.buf, rr.avail).into_iter().enumerate() {
+                if !ok {
+                    check.bad_chunks.push(first + n as u64);
+                    check.damage.get_or_insert(damage_of(rr.problem));
+                }
+            }
+            a = b;
+        }
+        if actual > spec.len && check.damage.is_none() {
+            check.damage = Some(Damage::Oversized);
+        }
+        check
+    }
+
+    /// Rebuild shard `s` of `stripe` if it is damaged: good chunks are kept, bad ones are
+    /// rebuilt from verified survivors and checked against the manifest, and the result
+    /// replaces the shard through a synced temporary file. Returns the number of chunks
+    /// rebuilt (0 and nothing written when the shard was healthy). On failure the shard on
+    /// disk is left exactly as it was.
+    pub fn repair_shard(&self, stripe: usize, s: usize, bad: &mut Vec<BadShard>) -> Result<u64> {
+        let check = self.verify_shard(stripe, s);
+        if check.is_ok() {
+            return Ok(0);
+        }
+        let st = &self.spec.stripes[stripe];
+        let spec = st.shard(s);
+        let path = self.spec.path(stripe, s);
+        let chunk = self.spec.chunk_size;
+        let k = st.k();
+        let window = (WINDOW / chunk).max(1) * chunk;
+        let mut out = AtomicFile::create(&path)?;
+        let mut rebuilt = 0;
+        let mut a = 0;
+        while a < spec.len {
+            let b = (a + window).min(spec.len);
+            let (c0, c1) = (a / chunk, b.div_ceil(chunk));
+            let rr = read_range(&path, a, b);
+            let valid = check_chunks(spec, chunk, c0, &rr.buf, rr.avail);
+            if valid.iter().all(|&v| v) {
+                out.write_all(&rr.buf)?;
+            } else {
+                let data = self.recover(stripe, c0, c1, bad)?;
+                let bytes = if s < k {
+                    data[s][..(b - a) as usize].to_vec()
+                } else {
+                    let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+                    let mut parity = vec![Vec::new(); st.m()];
+                    codec::encode(&slices, &mut parity)?;
+                    parity.swap_remove(s - k)
+                };
+                self.check_rebuilt(stripe, s, c0, &bytes)?;
+                rebuilt += valid.iter().filter(|&&v| !v).count() as u64;
+                out.write_all(&bytes)?;
+            }
+            a = b;
+        }
+        out.commit()?;
+        // A truncated-but-otherwise-valid or oversized file has no bad chunk but still
+        // needed rewriting; count it as one.
+        Ok(rebuilt.max(1))
+    }
+}
+
+fn read_range_zero() -> crate::shardio::RangeRead {
+    crate::shardio::RangeRead {
+        buf: Vec::new(),
+        avail: 0,
+        problem: None,
+    }
+}
