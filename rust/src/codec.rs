@@ -85,7 +85,9 @@ pub fn reconstruct(k: usize, shards: &[Option<&[u8]>]) -> Result<Vec<Vec<u8>>> {
     }
     let present = shards.iter().filter(|s| s.is_some()).count();
     if present < k {
-        return Err(Error::Codec(format!("{present} shards present, {k} needed")));
+        return Err(Error::Codec(format!(
+            "{present} shards present, {k} needed"
+        )));
     }
     let mut out: Vec<Vec<u8>> = shards[..k]
         .iter()
@@ -125,7 +127,9 @@ pub fn reconstruct(k: usize, shards: &[Option<&[u8]>]) -> Result<Vec<Vec<u8>>> {
         Ok::<(), Error>(())
     })?;
     if out.iter().any(|d| d.len() != len) {
-        return Err(Error::Codec("decoder did not restore every missing shard".into()));
+        return Err(Error::Codec(
+            "decoder did not restore every missing shard".into(),
+        ));
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,9 @@ pub fn commit(
     let max_k = plan.iter().map(|s| s.data.len()).max().unwrap_or(0);
     let max_m = plan.iter().map(|s| s.parity.len()).max().unwrap_or(0);
     if plan.is_empty() || max_k == 0 || max_m == 0 {
-        return Err(Error::Layout("a commit plan needs data and parity shards".into()));
+        return Err(Error::Layout(
+            "a commit plan needs data and parity shards".into(),
+        ));
     }
 
     let (job_tx, job_rx) = sync_channel::<Job>(POOL);
@@ -116,10 +118,12 @@ pub fn commit(
     let (sync_tx, sync_rx) = sync_channel::<Vec<(PathBuf, File)>>(plan.len());
 
     std::thread::scope(|scope| {
-        let content = scope.spawn(|| hash_whole_file(source, progress));
+        let content = scope.spawn(|| hash_whole_file(&file, source, progress));
         let syncer = scope.spawn(move || sync_stripes(sync_rx));
         let writer = scope.spawn(|| write_jobs(root, plan, job_rx, free_tx, sync_tx, progress));
-        let encoded = encode_stripes(&file, source, plan, chunk_size, window, job_tx, free_rx, progress);
+        let encoded = encode_stripes(
+            &file, source, plan, chunk_size, window, job_tx, free_rx, progress,
+        );
         if encoded.is_err() {
             // Stop the content hasher early; its result is no longer needed.
             progress.cancel.store(true, Ordering::Relaxed);
@@ -138,13 +142,18 @@ pub fn commit(
                 let mut errors = errors.into_iter().flatten();
                 let first = errors.next().unwrap_or(Error::Cancelled);
                 if matches!(first, Error::Cancelled) {
-                    return Err(errors.find(|e| !matches!(e, Error::Cancelled)).unwrap_or(first));
+                    return Err(errors
+                        .find(|e| !matches!(e, Error::Cancelled))
+                        .unwrap_or(first));
                 }
                 return Err(first);
             }
         };
         let after = file.metadata().at(source)?;
-        if after.len() != before.len() || after.mtime_nsec() != before.mtime_nsec() || after.mtime() != before.mtime() {
+        if after.len() != before.len()
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.mtime() != before.mtime()
+        {
             return Err(Error::SourceChanged {
                 path: source.to_path_buf(),
             });
@@ -195,7 +204,8 @@ fn encode_stripes(
                 let buf = &mut job.data[i];
                 buf.resize(wlen, 0);
                 if real > 0 {
-                    file.read_exact_at(&mut buf[..real], shard_off + w0).at(source)?;
+                    file.read_exact_at(&mut buf[..real], shard_off + w0)
+                        .map_err(|e| source_read_error(e, source))?;
                 }
                 buf[real..].fill(0);
                 hashes[i].extend(chunk_hashes(&buf[..real], chunk_size as usize));
@@ -216,6 +226,20 @@ fn encode_stripes(
         all.push(hashes);
     }
     Ok(all)
+}
+
+/// A read of the source that ends early means the file shrank under the commit.
+fn source_read_error(e: io::Error, source: &Path) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Error::SourceChanged {
+            path: source.to_path_buf(),
+        }
+    } else {
+        Error::Io {
+            path: source.to_path_buf(),
+            source: e,
+        }
+    }
 }
 
 fn write_jobs(
@@ -317,19 +341,27 @@ fn fsync_tree(root: &Path, plan: &[PlanStripe]) -> Result<()> {
     Ok(())
 }
 
-fn hash_whole_file(source: &Path, progress: &Progress) -> Result<Hash> {
-    let mut f = File::open(source).at(source)?;
+/// Hash the whole source through the same open file the shards are read from, so that the
+/// content hash always describes the bytes that were committed even if the path is
+/// replaced (renamed over) meanwhile.
+fn hash_whole_file(file: &File, source: &Path, progress: &Progress) -> Result<Hash> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; WINDOW as usize];
+    let mut offset = 0u64;
     loop {
         if progress.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let n = f.read(&mut buf).at(source)?;
+        let n = match file.read_at(&mut buf, offset) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).at(source),
+        };
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        offset += n as u64;
     }
     Ok(*hasher.finalize().as_bytes())
 }

@@ -136,7 +136,10 @@ impl ObjectSpec {
 
     /// The data shard holding file offset `offset` (< size): (stripe, shard, offset in shard).
     pub fn locate(&self, offset: u64) -> (usize, usize, u64) {
-        let idx = self.starts.partition_point(|&(start, _, _)| start <= offset) - 1;
+        let idx = self
+            .starts
+            .partition_point(|&(start, _, _)| start <= offset)
+            - 1;
         let (start, stripe, shard) = self.starts[idx];
         (stripe, shard, offset - start)
     }

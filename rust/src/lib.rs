@@ -29,14 +29,24 @@ mod python {
     use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
     use crate::reader::{BadShard, Reader};
 
-    create_exception!(_core, CoreError, PyException, "Any failure of the BlockFrame core.");
+    create_exception!(
+        _core,
+        CoreError,
+        PyException,
+        "Any failure of the BlockFrame core."
+    );
     create_exception!(
         _core,
         UnrecoverableError,
         CoreError,
         "Too few verified shards survive to rebuild the requested bytes."
     );
-    create_exception!(_core, CancelledError, CoreError, "The operation was cancelled.");
+    create_exception!(
+        _core,
+        CancelledError,
+        CoreError,
+        "The operation was cancelled."
+    );
     create_exception!(
         _core,
         SourceChangedError,
@@ -68,7 +78,10 @@ mod python {
 
     fn shard_spec((path, len, raw): ShardArg) -> PyResult<ShardSpec> {
         let hashes = hashing::split_hashes(&raw).ok_or_else(|| {
-            CoreError::new_err(format!("{}: hashes are not 32-byte digests", path.display()))
+            CoreError::new_err(format!(
+                "{}: hashes are not 32-byte digests",
+                path.display()
+            ))
         })?;
         Ok(ShardSpec { path, len, hashes })
     }
@@ -92,7 +105,10 @@ mod python {
                 .map(|(data, parity)| {
                     Ok(StripeSpec {
                         data: data.into_iter().map(shard_spec).collect::<PyResult<_>>()?,
-                        parity: parity.into_iter().map(shard_spec).collect::<PyResult<_>>()?,
+                        parity: parity
+                            .into_iter()
+                            .map(shard_spec)
+                            .collect::<PyResult<_>>()?,
                     })
                 })
                 .collect::<PyResult<Vec<_>>>()?;
@@ -122,6 +138,10 @@ mod python {
         ) -> PyResult<(Bound<'py, PyBytes>, Vec<BadTuple>)> {
             let total = self.reader.spec().size();
             let n = size.min(total.saturating_sub(offset)) as usize;
+            if n == 0 {
+                // Clipped to nothing (at or past the end): no bytes, nothing to verify.
+                return Ok((PyBytes::new(py, &[]), Vec::new()));
+            }
             let mut bad = Vec::new();
             let bytes = PyBytes::new_with(py, n, |buf| {
                 py.detach(|| self.reader.read(offset, buf, &mut bad))
@@ -164,13 +184,18 @@ mod python {
         fn check_index(&self, stripe: usize, shard: usize) -> PyResult<()> {
             let stripes = &self.reader.spec().stripes;
             if stripe >= stripes.len() || shard >= stripes[stripe].shard_count() {
-                return Err(CoreError::new_err(format!("no shard {shard} in stripe {stripe}")));
+                return Err(CoreError::new_err(format!(
+                    "no shard {shard} in stripe {stripe}"
+                )));
             }
             Ok(())
         }
     }
 
     type PlanArg = (Vec<(PathBuf, u64)>, Vec<PathBuf>);
+
+    /// (content hash, per stripe the concatenated chunk hashes of each shard).
+    type CommitResult<'py> = (Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>);
 
     /// Write the shards of `source` under `root`. Calls `progress(bytes_done)` a few times
     /// a second; Ctrl+C (or an exception from `progress`) cancels. Returns the BLAKE3 hash
@@ -184,7 +209,7 @@ mod python {
         chunk_size: u64,
         stripes: Vec<PlanArg>,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>)> {
+    ) -> PyResult<CommitResult<'py>> {
         let plan: Vec<PlanStripe> = stripes
             .into_iter()
             .map(|(data, parity)| PlanStripe {
@@ -199,8 +224,8 @@ mod python {
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
             std::thread::scope(|scope| {
-                let worker =
-                    scope.spawn(|| crate::commit::commit(&source, &root, chunk_size, &plan, &state));
+                let worker = scope
+                    .spawn(|| crate::commit::commit(&source, &root, chunk_size, &plan, &state));
                 let mut last_report = Instant::now();
                 while !worker.is_finished() {
                     std::thread::sleep(Duration::from_millis(20));
@@ -210,9 +235,9 @@ mod python {
                     last_report = Instant::now();
                     Python::attach(|py| {
                         let done = state.done.load(Ordering::Relaxed);
-                        let reported = progress.as_ref().map_or(Ok(()), |cb| {
-                            cb.call1(py, (done,)).map(drop)
-                        });
+                        let reported = progress
+                            .as_ref()
+                            .map_or(Ok(()), |cb| cb.call1(py, (done,)).map(drop));
                         if let Err(e) = reported.and_then(|()| py.check_signals()) {
                             state.cancel.store(true, Ordering::Relaxed);
                             interrupt.get_or_insert(e);

@@ -64,7 +64,10 @@ impl ShardCheck {
 }
 
 fn note(bad: &mut Vec<BadShard>, b: BadShard) {
-    if !bad.iter().any(|x| x.stripe == b.stripe && x.shard == b.shard) {
+    if !bad
+        .iter()
+        .any(|x| x.stripe == b.stripe && x.shard == b.shard)
+    {
         bad.push(b);
     }
 }
@@ -140,7 +143,14 @@ impl Reader {
                 out[..n].copy_from_slice(&rr.buf[local..local + n]);
             } else {
                 let damage = damage_of(rr.problem);
-                note(bad, BadShard { stripe, shard, damage });
+                note(
+                    bad,
+                    BadShard {
+                        stripe,
+                        shard,
+                        damage,
+                    },
+                );
                 let data = self.recover(stripe, c0, c1, bad)?;
                 out[..n].copy_from_slice(&data[shard][local..local + n]);
             }
@@ -153,7 +163,13 @@ impl Reader {
     /// Rebuild the `k` data slices of stripe range `[c0, c1)` (in chunks) from verified
     /// shards: data shards first, parity only as far as needed. Rebuilt bytes are checked
     /// against the manifest before they are returned. Bad shards go into `bad`.
-    fn recover(&self, stripe: usize, c0: u64, c1: u64, bad: &mut Vec<BadShard>) -> Result<Vec<Vec<u8>>> {
+    fn recover(
+        &self,
+        stripe: usize,
+        c0: u64,
+        c1: u64,
+        bad: &mut Vec<BadShard>,
+    ) -> Result<Vec<Vec<u8>>> {
         let st = &self.spec.stripes[stripe];
         let chunk = self.spec.chunk_size;
         let k = st.k();
@@ -177,9 +193,22 @@ impl Reader {
             };
             let mut buf = rr.buf;
             buf.resize((b - a) as usize, 0);
-            let v = check_chunks(spec, chunk, c0, &buf, if a < spec.len { rr.avail } else { 0 });
+            let v = check_chunks(
+                spec,
+                chunk,
+                c0,
+                &buf,
+                if a < spec.len { rr.avail } else { 0 },
+            );
             if v.iter().any(|&ok| !ok) {
-                note(bad, BadShard { stripe, shard: s, damage: damage_of(rr.problem) });
+                note(
+                    bad,
+                    BadShard {
+                        stripe,
+                        shard: s,
+                        damage: damage_of(rr.problem),
+                    },
+                );
             }
             for (j, &ok) in v.iter().enumerate() {
                 good_per_chunk[j] += usize::from(ok);
@@ -263,7 +292,10 @@ impl Reader {
             let b = (a + window).min(spec.len);
             let rr = read_range(&path, a, b);
             let first = a / chunk;
-            for (n, ok) in check_chunks(spec, chunk, first, &rr.buf, rr.avail).into_iter().enumerate() {
+            for (n, ok) in check_chunks(spec, chunk, first, &rr.buf, rr.avail)
+                .into_iter()
+                .enumerate()
+            {
                 if !ok {
                     check.bad_chunks.push(first + n as u64);
                     check.damage.get_or_insert(damage_of(rr.problem));

@@ -1,0 +1,145 @@
+"""Configuration lookup, sizes with units, validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from blockframe.config import Config, load_config, parse_size
+from blockframe.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("0", 0),
+        ("10B", 10),
+        ("10KB", 10_000),
+        ("10MB", 10_000_000),
+        ("1GB", 10**9),
+        ("2TB", 2 * 10**12),
+        ("1KiB", 1024),
+        ("32MiB", 32 * 2**20),
+        ("3 GiB", 3 * 2**30),
+        ("1TiB", 2**40),
+        ("1.5KiB", 1536),
+        ("32mib", 32 * 2**20),
+    ],
+)
+def test_parse_size(text: object, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "MB", "1.3B", "ten", "5 parsecs", "-1KB", -5, True, 1.5, None])
+def test_parse_size_rejects(bad: object) -> None:
+    with pytest.raises(ConfigError):
+        parse_size(bad, "storage.segment_size")
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BLOCKFRAME_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+def write(path: Path, directory: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[archive]\ndirectory = "{directory}"\n')
+    return path
+
+
+def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config() == Config()  # nothing anywhere: defaults, not an error
+    write(isolated / "xdg" / "blockframe" / "config.toml", "/from-xdg")
+    assert load_config().archive_directory == Path("/from-xdg")
+    write(isolated / "config.toml", "/from-cwd")
+    assert load_config().archive_directory == Path("/from-cwd")
+    env = write(isolated / "env.toml", "/from-env")
+    monkeypatch.setenv("BLOCKFRAME_CONFIG", str(env))
+    assert load_config().archive_directory == Path("/from-env")
+    explicit = write(isolated / "explicit.toml", "/from-flag")
+    assert load_config(explicit).archive_directory == Path("/from-flag")
+
+
+def test_named_files_must_exist(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(isolated / "nope.toml")
+    monkeypatch.setenv("BLOCKFRAME_CONFIG", str(isolated / "nope.toml"))
+    with pytest.raises(ConfigError, match="BLOCKFRAME_CONFIG"):
+        load_config()
+
+
+def test_relative_paths_resolve_against_the_config_file(isolated: Path) -> None:
+    cfg = load_config(write(isolated / "etc" / "bf.toml", "data/archive"))
+    assert cfg.archive_directory == isolated / "etc" / "data" / "archive"
+
+
+def test_seed_keys_and_storage_keys(isolated: Path) -> None:
+    (isolated / "config.toml").write_text(
+        """
+[archive]
+directory = "/a"
+[mount]
+default_mountpoint = "/mnt/bf"
+default_remote = "http://127.0.0.1:9000"
+[cache]
+max_segments = 10
+max_size = "1GB"
+[server]
+default_port = 9000
+host = "0.0.0.0"
+token = "s3cret"
+[logging]
+level = "debug"
+[storage]
+segment_size = "1MiB"
+tier1_max = "1MB"
+tier2_max = "2GB"
+block_segments = 10
+parity_shards = 4
+chunk_size = "4KiB"
+"""
+    )
+    cfg = load_config()
+    assert cfg.mount_default_mountpoint == Path("/mnt/bf")
+    assert cfg.mount_default_remote == "http://127.0.0.1:9000"
+    assert (cfg.cache_max_segments, cfg.cache_max_size) == (10, 10**9)
+    assert (cfg.server_default_port, cfg.server_host, cfg.server_token) == (9000, "0.0.0.0", "s3cret")
+    assert cfg.logging_level == "debug"
+    s = cfg.storage
+    assert (s.segment_size, s.tier1_max, s.tier2_max) == (2**20, 10**6, 2 * 10**9)
+    assert (s.block_segments, s.parity_shards, s.chunk_size) == (10, 4, 4096)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[storage\n", "line 1"),
+        ("[storage]\nparity_shards = 0\n", "parity_shards"),
+        ("[storage]\nblock_segments = 40000\n", "block_segments"),
+        ('[storage]\nchunk_size = "100B"\n', "chunk_size"),
+        ('[storage]\ntier1_max = "2GB"\ntier2_max = "1GB"\n', "tier1_max"),
+        ("[server]\ndefault_port = 70000\n", "default_port"),
+        ('[logging]\nlevel = "loud"\n', "logging.level"),
+        ("archive = 3\n", "[archive] must be a table"),
+        ("[archive]\ndirectory = 5\n", "archive.directory"),
+    ],
+)
+def test_invalid_values_name_the_file_and_key(isolated: Path, text: str, message: str) -> None:
+    (isolated / "config.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    assert "config.toml" in str(e.value) and message in str(e.value)
+
+
+def test_unknown_keys_warn(isolated: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (isolated / "config.toml").write_text("[storage]\nsegmnt_size = 5\n[extra]\n")
+    with caplog.at_level(logging.WARNING):
+        load_config()
+    assert "storage.segmnt_size" in caplog.text and "[extra]" in caplog.text
