@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from blockframe.archive import Archive
 from blockframe.config import StorageConfig
 

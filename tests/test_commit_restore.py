@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from blockframe.manifest import MANIFEST, REPLICA
+
 from conftest import SMALL, Env, data
 
 

@@ -110,7 +110,11 @@ chunk_size = "4KiB"
     assert cfg.mount_default_mountpoint == Path("/mnt/bf")
     assert cfg.mount_default_remote == "http://127.0.0.1:9000"
     assert (cfg.cache_max_segments, cfg.cache_max_size) == (10, 10**9)
-    assert (cfg.server_default_port, cfg.server_host, cfg.server_token) == (9000, "0.0.0.0", "s3cret")
+    assert (cfg.server_default_port, cfg.server_host, cfg.server_token) == (
+        9000,
+        "0.0.0.0",
+        "s3cret",
+    )
     assert cfg.logging_level == "debug"
     s = cfg.storage
     assert (s.segment_size, s.tier1_max, s.tier2_max) == (2**20, 10**6, 2 * 10**9)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import data
 
 # Bigger geometry than the other tests so a commit lasts long enough to be interrupted.

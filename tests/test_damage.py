@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from blockframe.manifest import MANIFEST, REPLICA
+
 from conftest import DAMAGE, SMALL, Env, snapshot
 
 M = SMALL.parity_shards

@@ -9,13 +9,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conftest import data, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockframe.archive import Archive
 from blockframe.config import StorageConfig
 from blockframe.errors import IntegrityError
+
+from conftest import data, snapshot
 
 geometries = st.builds(
     lambda seg, blocks, parity, chunk, t1, t2: StorageConfig(

@@ -247,30 +247,30 @@ class Archive:
         except OSError as e:
             raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
         for dirname in names:
-            if dirname.startswith("."):
-                continue
-            path = self.root / dirname
-            try:
-                entry = self._load_entry(path)
-            except (ManifestError, OSError) as e:
-                index.problems.append(Problem(dirname, str(e)))
-                continue
-            if entry is None:
-                index.problems.append(Problem(dirname, "stray file (not an object directory)"))
-                continue
-            other = index.entries.get(entry.name)
-            if other is not None:
-                # Two complete copies of one name: a replace was interrupted between
-                # sealing the new object and removing the old one. The newer one wins.
-                newer, older = sorted(
-                    (entry, other), key=lambda e: e.manifest.created, reverse=True
-                )
-                index.problems.append(
-                    Problem(older.path.name, f"older copy of {entry.name!r} (superseded)")
-                )
-                entry = newer
-            index.entries[entry.name] = entry
+            if not dirname.startswith("."):
+                self._add(index, dirname)
         return index
+
+    def _add(self, index: Index, dirname: str) -> None:
+        path = self.root / dirname
+        try:
+            entry = self._load_entry(path)
+        except (ManifestError, OSError) as e:
+            index.problems.append(Problem(dirname, str(e)))
+            return
+        if entry is None:
+            index.problems.append(Problem(dirname, "stray file (not an object directory)"))
+            return
+        other = index.entries.get(entry.name)
+        if other is not None:
+            # Two complete copies of one name: a replace was interrupted between sealing
+            # the new object and removing the old one. The newer one wins.
+            newer, older = sorted((entry, other), key=lambda e: e.manifest.created, reverse=True)
+            index.problems.append(
+                Problem(older.path.name, f"older copy of {entry.name!r} (superseded)")
+            )
+            entry = newer
+        index.entries[entry.name] = entry
 
     def _load_entry(self, path: Path) -> Entry | None:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
@@ -289,8 +289,27 @@ class Archive:
             log.warning("%s: %s rewritten from the good copy", path.name, copy)
         return Entry(m.name, path, m, loaded.repaired)
 
+    def find(self, name: str) -> Entry | None:
+        """The object called ``name``, loading only the manifests of directories whose
+        name could hold it (not the whole archive)."""
+        self._require()
+        prefix = dirname_for(name, "")
+        index = Index()
+        try:
+            candidates = sorted(
+                d
+                for d in os.listdir(self.root)
+                if d.startswith(prefix) and len(d) == len(prefix) + 16
+            )
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
+        for dirname in candidates:
+            self._add(index, dirname)
+        return index.entries.get(name)
+
     def get(self, name: str) -> Entry:
-        entry = self.scan().entries.get(name)
+        """Like :meth:`find`, but a missing name is a NotFoundError."""
+        entry = self.find(name)
         if entry is None:
             raise NotFoundError(f"no object named {name!r} in {self.root}")
         return entry
@@ -326,7 +345,7 @@ class Archive:
         src = Path(source)
         size = check_source(src)
         name = validate_name(name if name is not None else src.name)
-        existing = self.scan().entries.get(name) if self.root.is_dir() else None
+        existing = self.find(name) if self.root.is_dir() else None
         if existing is not None:
             same_size = existing.manifest.size == size
             if same_size and hash_file(src) == existing.manifest.content_hash:
@@ -424,12 +443,14 @@ class Archive:
 
     # -- restore --------------------------------------------------------------------------
 
-    def restore(self, name: str, out: BinaryIO, progress: Progress | None = None) -> RestoreReport:
+    def restore(
+        self, name: str | Entry, out: BinaryIO, progress: Progress | None = None
+    ) -> RestoreReport:
         """Write the verified bytes of ``name`` to ``out``; verify its parity too and
         repair every damaged shard found on the way. Raises IntegrityError (after writing
         nothing unverified) if damage exceeds what parity can rebuild."""
-        obj = self.open(name)
-        report = RestoreReport(name, obj.size)
+        obj = ArchivedObject(name if isinstance(name, Entry) else self.get(name))
+        report = RestoreReport(obj.entry.name, obj.size)
         for piece in obj.chunks(progress):
             out.write(piece)
         obj.verify_parity()

@@ -168,11 +168,11 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
     archive = _archive(cfg, args)
-    obj = archive.get(args.name)
-    size = obj.manifest.size
+    entry = archive.get(args.name)
+    size = entry.manifest.size
     if args.output == "-":
         with progress_bar(f"restore {args.name}", size) as cb:
-            report = archive.restore(args.name, sys.stdout.buffer, cb)
+            report = archive.restore(entry, sys.stdout.buffer, cb)
         sys.stdout.buffer.flush()
     else:
         out = Path(args.output) if args.output else Path(Path(args.name).name)
@@ -183,7 +183,7 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
         if not out.parent.is_dir():
             raise OutputError(f"{out.parent}: no such directory")
         with progress_bar(f"restore {args.name}", size) as cb, atomic_output(out) as f:
-            report = archive.restore(args.name, f, cb)
+            report = archive.restore(entry, f, cb)
         log.info("restored %s to %s", args.name, out)
     _report_repairs(report)
     return 0 if not report.unrepaired else 1
@@ -220,4 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as e:
         print(f"blockframe: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # A bug of ours: still one line for the user; the traceback with --verbose.
+        log.debug("internal error", exc_info=True)
+        print(f"blockframe: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

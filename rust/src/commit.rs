@@ -84,6 +84,17 @@ pub fn commit(
     progress: &Progress,
 ) -> Result<CommitOutput> {
     check_chunk_size(chunk_size)?;
+    for rel in plan
+        .iter()
+        .flat_map(|s| s.data.iter().map(|d| &d.path).chain(&s.parity))
+    {
+        if !is_plain_relative(rel) {
+            return Err(Error::Layout(format!(
+                "shard path {} must be relative and stay inside the object directory",
+                rel.display()
+            )));
+        }
+    }
     let total: u64 = plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum();
     let file = File::open(source).at(source)?;
     let before = file.metadata().at(source)?;
@@ -364,4 +375,11 @@ fn hash_whole_file(file: &File, source: &Path, progress: &Progress) -> Result<Ha
         offset += n as u64;
     }
     Ok(*hasher.finalize().as_bytes())
+}
+
+/// A relative path made only of normal components (no `/`, `..`, `.` or prefix).
+fn is_plain_relative(path: &Path) -> bool {
+    use std::path::Component;
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
 }

@@ -53,7 +53,7 @@ pub struct BadShard {
 pub struct ShardCheck {
     /// Indices of chunks that failed verification (or could not be read).
     pub bad_chunks: Vec<u64>,
-    /// The worst problem seen, if any.
+    /// The first problem seen, if any.
     pub damage: Option<Damage>,
 }
 
