@@ -12,6 +12,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +220,7 @@ def parse(raw: bytes, where: str) -> Manifest:
         stripes=tuple(stripes),
         merkle_root=_hex(body, "merkle_root", 64, where),
     )
-    if m.tier not in (1, 2, 3):
-        raise ManifestError(f"{where}: unknown tier {m.tier}")
+    _check_geometry(m, where)
     if not m.content_hash.startswith(m.id):
         raise ManifestError(f"{where}: id is not the start of the content hash")
     if sum(s.size for st in m.stripes for s in st.data) != m.size:
@@ -231,6 +231,27 @@ def parse(raw: bytes, where: str) -> Manifest:
     if _core.merkle_root(m.leaves()).hex() != m.merkle_root:
         raise ManifestError(f"{where}: Merkle root does not match the chunk hashes")
     return m
+
+
+def _check_geometry(m: Manifest, where: str) -> None:
+    """The stripes must be what the recorded tier and geometry produce."""
+    if m.tier not in (1, 2, 3):
+        raise ManifestError(f"{where}: unknown tier {m.tier}")
+    try:
+        datetime.fromisoformat(m.created)
+    except ValueError:
+        raise ManifestError(f"{where}: created is not an ISO 8601 time") from None
+    if any(len(st.parity) != m.parity_shards for st in m.stripes):
+        raise ManifestError(f"{where}: stripes do not have parity_shards parity shards")
+    ks = [len(st.data) for st in m.stripes]
+    if m.tier == 1 and ks != [1]:
+        raise ManifestError(f"{where}: a tier-1 object is one stripe of one data shard")
+    if m.tier == 2 and set(ks) != {1}:
+        raise ManifestError(f"{where}: tier-2 stripes hold one data shard each")
+    if m.tier == 3 and max(ks) > m.block_segments:
+        raise ManifestError(f"{where}: a block holds more than block_segments segments")
+    if m.tier > 1 and any(s.size > m.segment_size for st in m.stripes for s in st.data):
+        raise ManifestError(f"{where}: a segment is larger than segment_size")
 
 
 def write_file(path: Path, data: bytes) -> None:
