@@ -13,24 +13,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
-
 from blockframe import __version__
 from blockframe.archive import Archive, RestoreReport, atomic_output
 from blockframe.config import Config, format_size, load_config
 from blockframe.errors import BlockFrameError, OutputError, UsageError
 
 log = logging.getLogger("blockframe")
-err = Console(stderr=True, highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,16 +68,27 @@ def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
     """A rich progress bar on a terminal; nothing when stderr is piped."""
-    if not err.is_terminal:
+    if not sys.stderr.isatty():
         yield None
         return
+    # rich is imported only when drawing: it costs ~30 ms of every start.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
@@ -115,7 +114,7 @@ def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
         for res in results:
             _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
         for name, e in failures:
-            err.print(f"blockframe: error: {name}: {e}", markup=False)
+            print(f"blockframe: error: {name}: {e}", file=sys.stderr)
         return max((e.exit_code for _, e in failures), default=0)
     size = src.stat().st_size if src.is_file() else 0
     with progress_bar(f"commit {src.name}", size) as cb:
@@ -153,6 +152,9 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=2))
         return 0
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     table.add_column("NAME")
     table.add_column("SIZE", justify="right")
