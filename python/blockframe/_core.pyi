@@ -1,5 +1,7 @@
 """Type stubs for the Rust core (``rust/src/lib.rs``)."""
 
+from typing_extensions import Buffer
+
 CHUNK_ALIGN: int
 
 class CoreError(Exception): ...
@@ -11,6 +13,13 @@ class SourceChangedError(CoreError): ...
 #  damage: "missing" | "short" | "oversized" | "unreadable" | "corrupt")
 BadShard = tuple[int, int, str]
 
+class Cache:
+    """A bounded cache of verified chunks, shared by the readers it is given to."""
+
+    def __init__(self, max_bytes: int) -> None: ...
+    def stats(self) -> tuple[int, int, int, int, int]:
+        """(entries, bytes held, byte budget, hits, misses)"""
+
 class Object:
     """A verified reader over one committed object."""
 
@@ -19,11 +28,13 @@ class Object:
         root: str,
         chunk_size: int,
         stripes: list[tuple[list[tuple[str, int, bytes]], list[tuple[str, int, bytes]]]],
+        cache: Cache | None = None,
     ) -> None: ...
     @property
     def size(self) -> int: ...
     def merkle_root(self) -> bytes: ...
     def read(self, offset: int, size: int) -> tuple[bytes, list[BadShard]]: ...
+    def read_into(self, buffer: Buffer, offset: int) -> tuple[int, list[BadShard]]: ...
     def verify_shard(self, stripe: int, shard: int) -> tuple[list[int], str | None]: ...
     def repair_shard(self, stripe: int, shard: int) -> tuple[int, list[BadShard]]: ...
 

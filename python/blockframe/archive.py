@@ -136,7 +136,7 @@ class ArchivedObject:
     them on disk.
     """
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, cache: _core.Cache | None = None) -> None:
         self.entry = entry
         m = entry.manifest
         self._core = _core.Object(
@@ -149,6 +149,7 @@ class ArchivedObject:
                 )
                 for st in m.stripes
             ],
+            cache,
         )
         self.damaged: dict[tuple[int, int], str] = {}
 
@@ -177,6 +178,19 @@ class ArchivedObject:
             raise IntegrityError(f"{self.entry.name}: {e}") from None
         self._note(bad)
         return data
+
+    def read_into(self, buffer: memoryview, offset: int) -> int:
+        """Fill ``buffer`` with verified bytes from ``offset``; returns how many (fewer at
+        the end of the file). Nothing else may touch ``buffer`` during the call."""
+        if offset < 0:
+            raise UsageError("offset must not be negative")
+        try:
+            n, bad = self._core.read_into(buffer, offset)
+        except _core.CoreError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        if bad:
+            self._note(bad)
+        return n
 
     def verify_parity(self) -> None:
         """Verify every parity shard, remembering bad ones in :attr:`damaged`."""
@@ -225,7 +239,8 @@ class Archive:
     """An archive directory. Read-only operations never create it; commit does."""
 
     def __init__(self, root: str | os.PathLike[str], storage: StorageConfig | None = None):
-        self.root = Path(root)
+        # Absolute: a mount serves from libfuse threads that may not share our cwd.
+        self.root = Path(root).absolute()
         self.storage = storage or StorageConfig()
         check_storage(self.storage)
 

@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="PATH", help="file, directory, or - for stdout")
     r.add_argument("-a", "--archive", metavar="DIR")
     r.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+    mt = sub.add_parser("mount", help="mount the archive read-only (foreground, Ctrl+C unmounts)")
+    mt.add_argument(
+        "-m", "--mountpoint", metavar="PATH", help="directory (a drive letter on Windows)"
+    )
+    source = mt.add_mutually_exclusive_group()
+    source.add_argument("-a", "--archive", metavar="DIR")
+    source.add_argument("-r", "--remote", metavar="URL", help="a BlockFrame server")
+    mt.add_argument(
+        "--allow-other", action="store_true", help="let other users (e.g. an SMB/NFS server) read"
+    )
     return p
 
 
@@ -197,7 +208,32 @@ def _report_repairs(report: RestoreReport) -> None:
         log.error("%s: could not repair %s", report.name, problem)
 
 
-COMMANDS = {"commit": cmd_commit, "list": cmd_list, "restore": cmd_restore}
+def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
+    # Source priority (seed README): --remote, --archive, mount.default_remote,
+    # archive.directory.
+    remote = args.remote or (None if args.archive else cfg.mount_default_remote or None)
+    if remote:
+        raise UsageError(
+            f"cannot mount {remote}: this version mounts local archives only "
+            "(use --archive DIR; remote mounts come with `blockframe serve`)"
+        )
+    from blockframe.mount.view import ArchiveView
+
+    archive = _archive(cfg, args)
+    mountpoint = Path(args.mountpoint) if args.mountpoint else cfg.mount_default_mountpoint
+    # [cache] max_segments counts 32 MiB segments (seed README); the smaller budget wins.
+    budget = min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20)
+    view = ArchiveView(archive, cache_bytes=budget)
+    if sys.platform == "win32":
+        from blockframe.mount.winfsp import mount
+    else:
+        from blockframe.mount.fuse import mount
+    mount(view, mountpoint, allow_other=args.allow_other)
+    print(f"blockframe: unmounted {mountpoint}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"commit": cmd_commit, "list": cmd_list, "restore": cmd_restore, "mount": cmd_mount}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,3 +56,15 @@ class IntegrityError(BlockFrameError):
 
 class OutputError(BlockFrameError):
     """The restore destination cannot be written."""
+
+
+class IsDirectoryError(UsageError):
+    """A file operation was asked of a directory of the view."""
+
+
+class NotDirectoryError(UsageError):
+    """A directory operation was asked of a file of the view."""
+
+
+class ReadOnlyError(UsageError):
+    """Something tried to change the read-only view."""

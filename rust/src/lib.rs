@@ -2,6 +2,7 @@
 //! pipeline and the verified reader. The modules are plain Rust; only this file touches
 //! PyO3 (behind the `python` feature, which maturin enables).
 
+pub mod cache;
 pub mod codec;
 pub mod commit;
 pub mod error;
@@ -16,13 +17,16 @@ pub use error::{Error, Result};
 mod python {
     use std::path::PathBuf;
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use pyo3::buffer::PyBuffer;
     use pyo3::create_exception;
     use pyo3::exceptions::PyException;
     use pyo3::prelude::*;
     use pyo3::types::PyBytes;
 
+    use crate::cache::ChunkCache;
     use crate::commit::{PlanShard, PlanStripe, Progress};
     use crate::error::Error;
     use crate::hashing::{self, Hash};
@@ -86,6 +90,27 @@ mod python {
         Ok(ShardSpec { path, len, hashes })
     }
 
+    /// A bounded cache of verified chunks, shared by the readers it is given to.
+    #[pyclass(frozen, name = "Cache", module = "blockframe._core")]
+    struct PyCache {
+        inner: Arc<ChunkCache>,
+    }
+
+    #[pymethods]
+    impl PyCache {
+        #[new]
+        fn new(max_bytes: usize) -> Self {
+            Self {
+                inner: Arc::new(ChunkCache::new(max_bytes)),
+            }
+        }
+
+        /// (entries, bytes held, byte budget, hits, misses)
+        fn stats(&self) -> (usize, usize, usize, u64, u64) {
+            self.inner.stats()
+        }
+    }
+
     /// A verified reader over one committed object.
     #[pyclass(frozen, name = "Object", module = "blockframe._core")]
     struct PyObjectReader {
@@ -95,10 +120,12 @@ mod python {
     #[pymethods]
     impl PyObjectReader {
         #[new]
+        #[pyo3(signature = (root, chunk_size, stripes, cache=None))]
         fn new(
             root: PathBuf,
             chunk_size: u64,
             stripes: Vec<(Vec<ShardArg>, Vec<ShardArg>)>,
+            cache: Option<PyRef<'_, PyCache>>,
         ) -> PyResult<Self> {
             let stripes = stripes
                 .into_iter()
@@ -113,9 +140,11 @@ mod python {
                 })
                 .collect::<PyResult<Vec<_>>>()?;
             let spec = ObjectSpec::new(&root, chunk_size, stripes).map_err(to_py)?;
-            Ok(Self {
-                reader: Reader::new(spec),
-            })
+            let reader = match cache {
+                Some(cache) => Reader::with_cache(spec, Arc::clone(&cache.inner)),
+                None => Reader::new(spec),
+            };
+            Ok(Self { reader })
         }
 
         #[getter]
@@ -148,6 +177,36 @@ mod python {
                     .map_err(to_py)
             })?;
             Ok((bytes, bad_tuples(&bad)))
+        }
+
+        /// Fill the writable buffer `buffer` with verified bytes from `offset` (fewer at the
+        /// end of the object): (bytes written, shards found bad). The GIL is released while
+        /// reading, so the buffer must not be touched by other Python code meanwhile.
+        fn read_into(
+            &self,
+            py: Python<'_>,
+            buffer: PyBuffer<u8>,
+            offset: u64,
+        ) -> PyResult<(usize, Vec<BadTuple>)> {
+            if buffer.readonly() || !buffer.is_c_contiguous() {
+                return Err(CoreError::new_err(
+                    "read_into needs a writable contiguous buffer",
+                ));
+            }
+            let total = self.reader.spec().size();
+            let n = (buffer.len_bytes() as u64).min(total.saturating_sub(offset)) as usize;
+            let ptr = buffer.buf_ptr() as usize;
+            let mut bad = Vec::new();
+            py.detach(|| {
+                // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned until it
+                // is dropped after this call; it is writable and C-contiguous (checked
+                // above) and at least `n` bytes long. No Python code runs on it while the
+                // GIL is released here, as documented for callers.
+                let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) };
+                self.reader.read(offset, out, &mut bad)
+            })
+            .map_err(to_py)?;
+            Ok((n, bad_tuples(&bad)))
         }
 
         /// Verify one shard: (bad chunk indices, damage or None).
@@ -294,6 +353,7 @@ mod python {
     fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add_class::<PyObjectReader>()?;
+        m.add_class::<PyCache>()?;
         m.add_function(wrap_pyfunction!(commit_file, m)?)?;
         m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
         m.add_function(wrap_pyfunction!(hash_file, m)?)?;

@@ -2,13 +2,17 @@
 //! damaged chunks from verified survivors, and report which shards were bad; whole-shard
 //! verification; and repair of a damaged shard into a verified replacement.
 
+use std::cell::RefCell;
 use std::fs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use crate::cache::{ChunkCache, Key};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, chunk_hash};
 use crate::layout::{ObjectSpec, ShardSpec};
-use crate::shardio::{read_range, AtomicFile, Problem};
+use crate::shardio::{read_range, read_range_into, AtomicFile, Problem};
 
 /// Bytes verified, hashed or rebuilt per step when walking a whole shard.
 const WINDOW: u64 = 1 << 20;
@@ -100,19 +104,75 @@ fn damage_of(problem: Option<Problem>) -> Damage {
     }
 }
 
+static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    // Reused read buffer: a fresh large allocation per request would be returned to the OS
+    // after every read (glibc trims big blocks), costing page faults on every request.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copy the part of `src` (bytes of a shard starting at `src_start`) that overlaps
+/// `[want_start, want_start + out.len())` into the matching place of `out`.
+fn copy_overlap(src: &[u8], src_start: u64, out: &mut [u8], want_start: u64) {
+    let lo = src_start.max(want_start);
+    let hi = (src_start + src.len() as u64).min(want_start + out.len() as u64);
+    if lo < hi {
+        let n = (hi - lo) as usize;
+        let from = (lo - src_start) as usize;
+        let to = (lo - want_start) as usize;
+        out[to..to + n].copy_from_slice(&src[from..from + n]);
+    }
+}
+
 /// A verified reader over one object. Cheap to share between threads: it holds no open
 /// files (a repaired shard is a new inode, so every read opens the current one).
 pub struct Reader {
     spec: ObjectSpec,
+    id: u64,
+    cache: Option<Arc<ChunkCache>>,
 }
 
 impl Reader {
     pub fn new(spec: ObjectSpec) -> Self {
-        Self { spec }
+        Self {
+            spec,
+            id: NEXT_READER_ID.fetch_add(1, Ordering::Relaxed),
+            cache: None,
+        }
+    }
+
+    /// A reader that keeps verified chunks it had to read only partly (and rebuilt
+    /// chunks) in `cache`, so neighbouring reads do not read and hash them again.
+    pub fn with_cache(spec: ObjectSpec, cache: Arc<ChunkCache>) -> Self {
+        Self {
+            cache: Some(cache),
+            ..Self::new(spec)
+        }
     }
 
     pub fn spec(&self) -> &ObjectSpec {
         &self.spec
+    }
+
+    fn key(&self, stripe: usize, shard: usize, chunk: u64) -> Key {
+        (self.id, stripe as u32, shard as u32, chunk)
+    }
+
+    fn cached(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {
+        self.cache.as_ref()?.get(&self.key(stripe, shard, chunk))
+    }
+
+    fn is_cached(&self, stripe: usize, shard: usize, chunk: u64) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.contains(&self.key(stripe, shard, chunk)))
+    }
+
+    fn remember(&self, stripe: usize, shard: usize, chunk: u64, data: &[u8]) {
+        if let Some(cache) = &self.cache {
+            cache.insert(self.key(stripe, shard, chunk), data);
+        }
     }
 
     /// Fill `out` with the file bytes at `offset`, every byte verified (rebuilt from parity
@@ -125,24 +185,70 @@ impl Reader {
                 self.spec.size()
             )));
         }
-        let chunk = self.spec.chunk_size;
         let mut pos = offset;
         let mut out = out;
         while !out.is_empty() {
             let (stripe, shard, soff) = self.spec.locate(pos);
             let spec = &self.spec.stripes[stripe].data[shard];
             let n = (out.len() as u64).min(spec.len - soff) as usize;
-            let c0 = soff / chunk;
-            let c1 = (soff + n as u64).div_ceil(chunk);
-            let a = c0 * chunk;
-            let b = (c1 * chunk).min(spec.len);
-            let rr = read_range(&self.spec.path(stripe, shard), a, b);
-            let valid = check_chunks(spec, chunk, c0, &rr.buf, rr.avail);
-            let local = (soff - a) as usize;
-            if valid.iter().all(|&v| v) {
-                out[..n].copy_from_slice(&rr.buf[local..local + n]);
-            } else {
-                let damage = damage_of(rr.problem);
+            let (piece, rest) = out.split_at_mut(n);
+            self.read_piece(stripe, shard, soff, piece, bad)?;
+            pos += n as u64;
+            out = rest;
+        }
+        Ok(())
+    }
+
+    /// Verified bytes `[soff, soff + out.len())` of one data shard.
+    fn read_piece(
+        &self,
+        stripe: usize,
+        shard: usize,
+        soff: u64,
+        out: &mut [u8],
+        bad: &mut Vec<BadShard>,
+    ) -> Result<()> {
+        let spec = &self.spec.stripes[stripe].data[shard];
+        let chunk = self.spec.chunk_size;
+        let end = soff + out.len() as u64;
+        let last = (end - 1) / chunk;
+        let mut j = soff / chunk;
+        while j <= last {
+            if let Some(data) = self.cached(stripe, shard, j) {
+                copy_overlap(&data, j * chunk, out, soff);
+                j += 1;
+                continue;
+            }
+            let mut jb = j + 1;
+            while jb <= last && !self.is_cached(stripe, shard, jb) {
+                jb += 1;
+            }
+            let (a, b) = (j * chunk, (jb * chunk).min(spec.len));
+            let path = self.spec.path(stripe, shard);
+            let served = SCRATCH.with(|scratch| {
+                let mut buf = scratch.borrow_mut();
+                buf.resize((b - a) as usize, 0);
+                let (avail, problem) = read_range_into(&path, a, &mut buf);
+                let valid = check_chunks(spec, chunk, j, &buf, avail);
+                if !valid.iter().all(|&v| v) {
+                    return Err(damage_of(problem));
+                }
+                copy_overlap(&buf, a, out, soff);
+                // Keep chunks this read needed only part of: the next read wants the rest.
+                for edge in [j, jb - 1] {
+                    let (ca, cb) = (edge * chunk, ((edge + 1) * chunk).min(spec.len));
+                    if ca < soff || cb > end {
+                        self.remember(
+                            stripe,
+                            shard,
+                            edge,
+                            &buf[(ca - a) as usize..(cb - a) as usize],
+                        );
+                    }
+                }
+                Ok(())
+            });
+            if let Err(damage) = served {
                 note(
                     bad,
                     BadShard {
@@ -151,11 +257,21 @@ impl Reader {
                         damage,
                     },
                 );
-                let data = self.recover(stripe, c0, c1, bad)?;
-                out[..n].copy_from_slice(&data[shard][local..local + n]);
+                let data = self.recover(stripe, j, jb, bad)?;
+                let rebuilt = &data[shard][..(b - a) as usize];
+                copy_overlap(rebuilt, a, out, soff);
+                // Rebuilt chunks were expensive: keep them all until the shard is repaired.
+                for c in j..jb {
+                    let (ca, cb) = (c * chunk, ((c + 1) * chunk).min(spec.len));
+                    self.remember(
+                        stripe,
+                        shard,
+                        c,
+                        &rebuilt[(ca - a) as usize..(cb - a) as usize],
+                    );
+                }
             }
-            pos += n as u64;
-            out = &mut out[n..];
+            j = jb;
         }
         Ok(())
     }

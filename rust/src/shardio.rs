@@ -53,6 +53,18 @@ pub fn read_range(path: &Path, start: u64, end: u64) -> RangeRead {
     }
 }
 
+/// Read `path` from `start` into `buf` (zero-filled past what the file holds): how many
+/// bytes were real, and why not all of them were if so.
+pub fn read_range_into(path: &Path, start: u64, buf: &mut [u8]) -> (usize, Option<Problem>) {
+    let (avail, problem) = match File::open(path) {
+        Ok(file) => read_full_at(&file, buf, start),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (0, Some(Problem::Missing)),
+        Err(_) => (0, Some(Problem::Unreadable)),
+    };
+    buf[avail..].fill(0);
+    (avail, problem)
+}
+
 /// pread until `buf` is full or the file ends; reports how far it got.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<Problem>) {
     let mut done = 0;

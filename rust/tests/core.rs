@@ -1683,3 +1683,77 @@ fn layout_errors() {
     let err = reader.read(0, &mut [0u8; 10], &mut Vec::new()).unwrap_err();
     assert!(matches!(err, Error::Unrecoverable { .. }), "{err:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The verified-chunk cache.
+
+#[test]
+fn cached_reader_returns_exact_bytes_and_stays_within_budget() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    let f = damage_fixture(77);
+    let budget = 3 * 256;
+    let cache = Arc::new(ChunkCache::new(budget));
+    let reader = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    let mut rng = Rng::new(5);
+    for _ in 0..400 {
+        let off = rng.below(f.data.len() as u64);
+        let len = 1 + rng.below(700).min(f.data.len() as u64 - off - 1) as usize;
+        let mut out = vec![0u8; len];
+        let mut bad = Vec::new();
+        reader.read(off, &mut out, &mut bad).unwrap();
+        assert_eq!(
+            out,
+            &f.data[off as usize..off as usize + len],
+            "{off}+{len}"
+        );
+        assert!(bad.is_empty());
+        let (_, bytes, max, _, _) = cache.stats();
+        assert!(bytes <= max, "{bytes} > {max}");
+    }
+    let (_, _, _, hits, _) = cache.stats();
+    assert!(
+        hits > 0,
+        "unaligned neighbouring reads should hit the cache"
+    );
+}
+
+#[test]
+fn cache_holds_rebuilt_chunks_and_never_unverified_ones() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    let f = damage_fixture(78);
+    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let reader = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    // Damage chunk 0 of data shard 0 of stripe 0: it is rebuilt and kept.
+    let shard0 = f.root.join(&f.plan[0].data[0].path);
+    let mut raw = fs::read(&shard0).unwrap();
+    raw[10] ^= 0xFF;
+    fs::write(&shard0, &raw).unwrap();
+    let mut out = vec![0u8; 100];
+    let mut bad = Vec::new();
+    reader.read(0, &mut out, &mut bad).unwrap();
+    assert_eq!(out, &f.data[..100]);
+    assert_eq!(bad.len(), 1);
+    // Now destroy every shard of that stripe: the rebuilt, verified chunk still serves.
+    for p in f.plan[0]
+        .data
+        .iter()
+        .map(|d| &d.path)
+        .chain(&f.plan[0].parity)
+    {
+        fs::remove_file(f.root.join(p)).unwrap();
+    }
+    let mut bad = Vec::new();
+    reader.read(0, &mut out, &mut bad).unwrap();
+    assert_eq!(out, &f.data[..100]);
+    // A chunk that cannot be verified is an error and is not cached.
+    let (entries, ..) = cache.stats();
+    let mut bad = Vec::new();
+    let mut far = vec![0u8; 10];
+    let err = reader.read(600, &mut far, &mut bad).unwrap_err();
+    assert!(matches!(err, Error::Unrecoverable { .. }), "{err:?}");
+    assert_eq!(cache.stats().0, entries);
+}
