@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -148,9 +149,180 @@ def bench_commit(work: Path, rounds: int, skip_4g: bool) -> None:
     print()
 
 
+def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"mount at {mnt} did not come up")
+        time.sleep(0.05)
+
+
+def _unmount(mnt: Path, proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        proc.kill()
+
+
+def _drop_file_cache(path: Path) -> None:
+    """Forget the kernel's cached pages of one file (here: a file on a FUSE mount), so the
+    next read goes through the filesystem again while the archive files stay warm."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _timed_cat(path: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(["cat", str(path)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _random_reads(path: Path, count: int, seed: int) -> list[float]:
+    """Latency of 4 KiB preads at distinct random 4 KiB-aligned offsets, readahead off
+    (POSIX_FADV_RANDOM), as a database or an image viewer would read."""
+    import random
+
+    size = path.stat().st_size
+    offsets = random.Random(seed).sample(range(size // 4096), count)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        lat = []
+        for block in offsets:
+            t = time.perf_counter()
+            os.pread(fd, 4096, block * 4096)
+            lat.append(time.perf_counter() - t)
+        return lat
+    finally:
+        os.close(fd)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_mount(work: Path, rounds: int) -> None:
+    src = work / "src-1g.bin"
+    make_file(src, GiB)
+    arch = work / "archive-mount"
+    if not arch.is_dir():
+        sh([*BF, "commit", "-f", str(src), "-a", str(arch)])
+    tar = work / "src-1g.tar"
+    if not tar.exists():
+        sh(["tar", "cf", str(tar), "-C", str(work), src.name])
+    bf_mnt, rat_mnt = work / "mnt-blockframe", work / "mnt-ratarmount"
+    for m in (bf_mnt, rat_mnt):
+        m.mkdir(exist_ok=True)
+    bf = subprocess.Popen(
+        [*BF, "mount", "-a", str(arch), "-m", str(bf_mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rat = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ratarmount"), "-f", str(tar), str(rat_mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_mounted(bf_mnt, bf)
+        _wait_mounted(rat_mnt, rat)
+        # Archive files warm: shards, tar and source in the page cache.
+        for p in [*arch.rglob("*.dat"), tar, src]:
+            subprocess.run(["cat", str(p)], check=True, stdout=subprocess.DEVNULL)
+        targets = {
+            "cat through blockframe mount": bf_mnt / src.name,
+            "cat through ratarmount (tar)": rat_mnt / src.name,
+            "cat of the file itself": src,
+        }
+        seq: dict[str, list[float]] = {k: [] for k in targets}
+        for r in range(rounds):
+            order = list(targets)
+            order = order[r % len(order) :] + order[: r % len(order)]
+            for label in order:
+                if label != "cat of the file itself":
+                    _drop_file_cache(targets[label])
+                seq[label].append(_timed_cat(targets[label]))
+        _drop_file_cache(bf_mnt / src.name)
+        lat = _random_reads(bf_mnt / src.name, 2000, seed=1)
+        rss_kib = int(
+            re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{bf.pid}/status").read_text()).group(1)  # type: ignore[union-attr]
+        )
+    finally:
+        _unmount(bf_mnt, bf)
+        _unmount(rat_mnt, rat)
+
+    # The first 4 KiB read of a chunk that must be rebuilt: damage a data segment of
+    # block 0, mount afresh, read the page.
+    obj = next(p for p in arch.iterdir() if not p.name.startswith("."))
+    seg = obj / "blocks/block_0/segments/segment_5.dat"
+    original = seg.read_bytes()
+    damaged = bytearray(original)
+    pos = 2**20 + 100
+    damaged[pos] ^= 0xFF
+    seg.write_bytes(bytes(damaged))
+    file_off = 5 * 32 * 2**20 + (pos // 4096) * 4096
+    bf = subprocess.Popen(
+        [*BF, "mount", "-a", str(arch), "-m", str(bf_mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_mounted(bf_mnt, bf)
+        fd = os.open(bf_mnt / src.name, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        t = time.perf_counter()
+        got = os.pread(fd, 4096, file_off)
+        rebuild = time.perf_counter() - t
+        os.close(fd)
+        with open(src, "rb") as f:
+            f.seek(file_off)
+            assert got == f.read(4096), "rebuilt bytes differ"
+        deadline = time.monotonic() + 30
+        while seg.read_bytes() != original and time.monotonic() < deadline:
+            time.sleep(0.1)
+        repaired = seg.read_bytes() == original
+    finally:
+        _unmount(bf_mnt, bf)
+        if seg.read_bytes() != original:
+            seg.write_bytes(original)
+
+    med = {k: statistics.median(v) for k, v in seq.items()}
+    print(f"### mount: 1 GiB random file, default config (tier 3), {rounds} rounds\n")
+    print("| sequential read | median s | GB/s | runs (s) |")
+    print("|---|---|---|---|")
+    for k, v in seq.items():
+        runs = ", ".join(f"{x:.2f}" for x in v)
+        print(f"| {k} | {med[k]:.2f} | {GiB / med[k] / 1e9:.2f} | {runs} |")
+    ratio = med["cat through ratarmount (tar)"] / med["cat through blockframe mount"]
+    print(f"\nblockframe / ratarmount throughput = **{ratio:.2f}x** (target >= 0.6x)\n")
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    print(
+        f"| 4 KiB random reads (2000, readahead off): median | {_pct(lat, 0.5) * 1e3:.3f} ms "
+        "| < 0.5 ms |"
+    )
+    print(f"| 4 KiB random reads: p99 | {_pct(lat, 0.99) * 1e3:.3f} ms | < 3 ms |")
+    print(
+        f"| first 4 KiB read of a chunk rebuilt from parity (RS 30+3) | {rebuild * 1e3:.1f} ms "
+        f"| < 50 ms |"
+    )
+    print(f"| damaged shard rewritten on disk by the mount | {'yes' if repaired else 'NO'} | yes |")
+    print(
+        f"| mount peak RSS (VmHWM) | {rss_kib / 1024:.0f} MiB | cache budget "
+        "(3 GB default, used only by partly-read and rebuilt chunks) + 150 MiB |"
+    )
+    print()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="scripts/bench")
-    p.add_argument("what", choices=["commit"])
+    p.add_argument("what", choices=["commit", "mount"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dir", default="bench-data", help="scratch directory (needs ~7 GiB)")
     p.add_argument("--skip-4g", action="store_true")
@@ -160,6 +332,8 @@ def main() -> None:
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} on {os.uname().nodename}, {os.cpu_count()} cores -->\n")
     if args.what == "commit":
         bench_commit(work, args.rounds, args.skip_4g)
+    elif args.what == "mount":
+        bench_mount(work, args.rounds)
 
 
 if __name__ == "__main__":

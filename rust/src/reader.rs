@@ -223,32 +223,14 @@ impl Reader {
             while jb <= last && !self.is_cached(stripe, shard, jb) {
                 jb += 1;
             }
-            let (a, b) = (j * chunk, (jb * chunk).min(spec.len));
-            let path = self.spec.path(stripe, shard);
-            let served = SCRATCH.with(|scratch| {
-                let mut buf = scratch.borrow_mut();
-                buf.resize((b - a) as usize, 0);
-                let (avail, problem) = read_range_into(&path, a, &mut buf);
-                let valid = check_chunks(spec, chunk, j, &buf, avail);
-                if !valid.iter().all(|&v| v) {
-                    return Err(damage_of(problem));
-                }
-                copy_overlap(&buf, a, out, soff);
-                // Keep chunks this read needed only part of: the next read wants the rest.
-                for edge in [j, jb - 1] {
-                    let (ca, cb) = (edge * chunk, ((edge + 1) * chunk).min(spec.len));
-                    if ca < soff || cb > end {
-                        self.remember(
-                            stripe,
-                            shard,
-                            edge,
-                            &buf[(ca - a) as usize..(cb - a) as usize],
-                        );
-                    }
-                }
-                Ok(())
-            });
+            let run = (j * chunk, (jb * chunk).min(spec.len));
+            let served = if run.0 >= soff && run.1 <= end {
+                self.read_run_in_place(stripe, shard, j, run, out, soff)
+            } else {
+                self.read_run_partial(stripe, shard, (j, jb), run, out, soff)
+            };
             if let Err(damage) = served {
+                let (a, b) = run;
                 note(
                     bad,
                     BadShard {
@@ -257,23 +239,84 @@ impl Reader {
                         damage,
                     },
                 );
-                let data = self.recover(stripe, j, jb, bad)?;
+                let data = match self.recover(stripe, j, jb, bad) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        // Bytes read in place failed verification: leave none behind.
+                        out.fill(0);
+                        return Err(e);
+                    }
+                };
                 let rebuilt = &data[shard][..(b - a) as usize];
                 copy_overlap(rebuilt, a, out, soff);
                 // Rebuilt chunks were expensive: keep them all until the shard is repaired.
                 for c in j..jb {
                     let (ca, cb) = (c * chunk, ((c + 1) * chunk).min(spec.len));
-                    self.remember(
-                        stripe,
-                        shard,
-                        c,
-                        &rebuilt[(ca - a) as usize..(cb - a) as usize],
-                    );
+                    let bytes = &rebuilt[(ca - a) as usize..(cb - a) as usize];
+                    self.remember(stripe, shard, c, bytes);
                 }
             }
             j = jb;
         }
         Ok(())
+    }
+
+    /// Whole chunks starting at chunk `j` (bytes `[a, b)`) that the caller wants entirely:
+    /// read and verify them straight in the caller's buffer, with no copy.
+    fn read_run_in_place(
+        &self,
+        stripe: usize,
+        shard: usize,
+        j: u64,
+        (a, b): (u64, u64),
+        out: &mut [u8],
+        soff: u64,
+    ) -> std::result::Result<(), Damage> {
+        let spec = &self.spec.stripes[stripe].data[shard];
+        let dst = &mut out[(a - soff) as usize..(b - soff) as usize];
+        let (avail, problem) = read_range_into(&self.spec.path(stripe, shard), a, dst);
+        let valid = check_chunks(spec, self.spec.chunk_size, j, dst, avail);
+        if valid.iter().all(|&v| v) {
+            Ok(())
+        } else {
+            Err(damage_of(problem))
+        }
+    }
+
+    /// Chunks `[j, jb)` (bytes `[a, b)`) of which the caller wants only a part: read them
+    /// into a scratch buffer, verify, copy the wanted part, and cache the edge chunks.
+    fn read_run_partial(
+        &self,
+        stripe: usize,
+        shard: usize,
+        (j, jb): (u64, u64),
+        (a, b): (u64, u64),
+        out: &mut [u8],
+        soff: u64,
+    ) -> std::result::Result<(), Damage> {
+        let spec = &self.spec.stripes[stripe].data[shard];
+        let chunk = self.spec.chunk_size;
+        let end = soff + out.len() as u64;
+        let path = self.spec.path(stripe, shard);
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.resize((b - a) as usize, 0);
+            let (avail, problem) = read_range_into(&path, a, &mut buf);
+            let valid = check_chunks(spec, chunk, j, &buf, avail);
+            if !valid.iter().all(|&v| v) {
+                return Err(damage_of(problem));
+            }
+            copy_overlap(&buf, a, out, soff);
+            // Keep chunks this read needed only part of: the next read wants the rest.
+            for edge in [j, jb - 1] {
+                let (ca, cb) = (edge * chunk, ((edge + 1) * chunk).min(spec.len));
+                if ca < soff || cb > end {
+                    let bytes = &buf[(ca - a) as usize..(cb - a) as usize];
+                    self.remember(stripe, shard, edge, bytes);
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Rebuild the `k` data slices of stripe range `[c0, c1)` (in chunks) from verified
@@ -435,34 +478,37 @@ impl Reader {
         if check.is_ok() {
             return Ok(0);
         }
-        let st = &self.spec.stripes[stripe];
-        let spec = st.shard(s);
+        let spec = self.spec.stripes[stripe].shard(s);
         let path = self.spec.path(stripe, s);
         let chunk = self.spec.chunk_size;
-        let k = st.k();
         let window = (WINDOW / chunk).max(1) * chunk;
         let mut out = AtomicFile::create(&path)?;
         let mut rebuilt = 0;
         let mut a = 0;
         while a < spec.len {
             let b = (a + window).min(spec.len);
-            let (c0, c1) = (a / chunk, b.div_ceil(chunk));
+            let c0 = a / chunk;
             let rr = read_range(&path, a, b);
             let valid = check_chunks(spec, chunk, c0, &rr.buf, rr.avail);
             if valid.iter().all(|&v| v) {
                 out.write_all(&rr.buf)?;
             } else {
-                let data = self.recover(stripe, c0, c1, bad)?;
-                let bytes = if s < k {
-                    data[s][..(b - a) as usize].to_vec()
-                } else {
-                    let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-                    let mut parity = vec![Vec::new(); st.m()];
-                    codec::encode(&slices, &mut parity)?;
-                    parity.swap_remove(s - k)
-                };
-                self.check_rebuilt(stripe, s, c0, &bytes)?;
-                rebuilt += valid.iter().filter(|&&v| !v).count() as u64;
+                // Rebuild only this shard's runs of bad chunks, so that a position beyond
+                // parity elsewhere in the window does not block repairing its own damage.
+                let mut bytes = rr.buf;
+                let mut r0 = 0;
+                while r0 < valid.len() {
+                    if valid[r0] {
+                        r0 += 1;
+                        continue;
+                    }
+                    let r1 = (r0..valid.len()).find(|&r| valid[r]).unwrap_or(valid.len());
+                    let piece = self.rebuild_run(stripe, s, c0 + r0 as u64, c0 + r1 as u64, bad)?;
+                    let lo = r0 * chunk as usize;
+                    bytes[lo..lo + piece.len()].copy_from_slice(&piece);
+                    rebuilt += (r1 - r0) as u64;
+                    r0 = r1;
+                }
                 out.write_all(&bytes)?;
             }
             a = b;
@@ -471,6 +517,34 @@ impl Reader {
         // A truncated-but-otherwise-valid or oversized file has no bad chunk but still
         // needed rewriting; count it as one.
         Ok(rebuilt.max(1))
+    }
+
+    /// Chunks `[j0, j1)` of shard `s` rebuilt from verified survivors (a parity shard is
+    /// re-encoded from the rebuilt data) and checked against the manifest.
+    fn rebuild_run(
+        &self,
+        stripe: usize,
+        s: usize,
+        j0: u64,
+        j1: u64,
+        bad: &mut Vec<BadShard>,
+    ) -> Result<Vec<u8>> {
+        let st = &self.spec.stripes[stripe];
+        let k = st.k();
+        let chunk = self.spec.chunk_size;
+        let len = ((j1 * chunk).min(st.shard(s).len) - j0 * chunk) as usize;
+        let mut data = self.recover(stripe, j0, j1, bad)?;
+        let mut bytes = if s < k {
+            data.swap_remove(s)
+        } else {
+            let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            let mut parity = vec![Vec::new(); st.m()];
+            codec::encode(&slices, &mut parity)?;
+            parity.swap_remove(s - k)
+        };
+        bytes.truncate(len);
+        self.check_rebuilt(stripe, s, j0, &bytes)?;
+        Ok(bytes)
     }
 }
 

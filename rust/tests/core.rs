@@ -1376,6 +1376,56 @@ fn damage_beyond_m_is_unrecoverable_and_never_made_worse() {
     read_ok(&reader, &f.data, 0, f.data.len());
 }
 
+#[test]
+fn repair_rebuilds_own_damage_next_to_a_position_beyond_parity() {
+    let f = damage_fixture(16);
+    let reader = f.reader();
+    let originals = f.expected_shards();
+    // Stripe 1 (3+2, chunks of 256): chunk 2 is bad in three shards (beyond m = 2); data
+    // shard 0 is bad only in chunk 0, which has 4 verified shards. All in one window.
+    Harm::Flip(10).apply(&f.path(1, 0));
+    for (s, at) in [(1, 600), (2, 700), (3, 520)] {
+        Harm::Flip(at).apply(&f.path(1, s));
+    }
+    let damaged: Vec<Vec<u8>> = (0..5).map(|s| fs::read(f.path(1, s)).unwrap()).collect();
+    // Shard 0's own damage is rebuilt exactly, although chunk 2 of the stripe is lost.
+    let mut bad = Vec::new();
+    assert_eq!(reader.repair_shard(1, 0, &mut bad).unwrap(), 1);
+    assert_eq!(fs::read(f.path(1, 0)).unwrap(), originals[1][0]);
+    // The shards bad at the lost position stay exactly as they are.
+    for (s, before) in damaged.iter().enumerate().take(4).skip(1) {
+        let err = reader.repair_shard(1, s, &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Unrecoverable {
+                    stripe: 1,
+                    start: 512,
+                    end: 768,
+                    ..
+                }
+            ),
+            "shard {s}: {err:?}"
+        );
+        assert_eq!(&fs::read(f.path(1, s)).unwrap(), before, "shard {s}");
+    }
+    assert_eq!(fs::read(f.path(1, 4)).unwrap(), damaged[4]);
+    assert_no_temporaries(&f.root);
+    // Chunks around the lost one read exactly; the lost chunk does not.
+    read_ok(&reader, &f.data, f.start(1, 0), 1000);
+    read_ok(&reader, &f.data, f.start(1, 1), 512);
+    assert!(matches!(
+        reader.read(f.start(1, 1) + 600, &mut [0u8; 1], &mut Vec::new()),
+        Err(Error::Unrecoverable { stripe: 1, .. })
+    ));
+    // A parity shard bad next to the lost position is re-encoded the same way.
+    fs::write(f.path(1, 3), &originals[1][3]).unwrap();
+    Harm::Flip(100).apply(&f.path(1, 4));
+    Harm::Flip(600).apply(&f.path(1, 3));
+    assert_eq!(reader.repair_shard(1, 4, &mut Vec::new()).unwrap(), 1);
+    assert_eq!(fs::read(f.path(1, 4)).unwrap(), originals[1][4]);
+}
+
 /// Whether a read of one byte at `offset` fails with a message containing `text`.
 fn err_message_mentions(reader: &Reader, offset: u64, text: &str) -> bool {
     match reader.read(offset, &mut [0u8; 1], &mut Vec::new()) {

@@ -234,8 +234,9 @@ def mount(view: ArchiveView, mountpoint: Path, allow_other: bool = False) -> Non
     if allow_other:
         options["allow_other"] = True
     if mfusepy.fuse_version_major == 3:
-        # Without it libfuse 3 warns about an unset limit; readers beyond this wait.
+        # Without both, libfuse 3.14 warns about an unset idle-thread limit at every mount.
         options["max_threads"] = MAX_THREADS
+        options["max_idle_threads"] = MAX_THREADS
     ops = BlockFrameFS(view, mountpoint)
     try:
         _FUSE(ops, str(mountpoint), **options)
