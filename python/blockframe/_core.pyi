@@ -1,5 +1,7 @@
 """Type stubs for the Rust core (``rust/src/lib.rs``)."""
 
+from collections.abc import Callable
+
 from typing_extensions import Buffer
 
 CHUNK_ALIGN: int
@@ -29,7 +31,11 @@ class Object:
         chunk_size: int,
         stripes: list[tuple[list[tuple[str, int, bytes]], list[tuple[str, int, bytes]]]],
         cache: Cache | None = None,
-    ) -> None: ...
+        fetch: Callable[[int, int, int, int], bytes | None] | None = None,
+    ) -> None:
+        """With ``fetch(stripe, shard, start, length)``, shard bytes come from that callable
+        (bytes, shorter when the shard is shorter; None when missing; raise when unreadable)
+        instead of files under ``root``; they are verified all the same."""
     @property
     def size(self) -> int: ...
     def merkle_root(self) -> bytes: ...

@@ -136,7 +136,12 @@ class ArchivedObject:
     them on disk.
     """
 
-    def __init__(self, entry: Entry, cache: _core.Cache | None = None) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        cache: _core.Cache | None = None,
+        fetch: Callable[[int, int, int, int], bytes | None] | None = None,
+    ) -> None:
         self.entry = entry
         m = entry.manifest
         self._core = _core.Object(
@@ -150,6 +155,7 @@ class ArchivedObject:
                 for st in m.stripes
             ],
             cache,
+            fetch,
         )
         self.damaged: dict[tuple[int, int], str] = {}
 
@@ -332,6 +338,10 @@ class Archive:
     def open(self, name: str) -> ArchivedObject:
         """Verified random access to the object called ``name``."""
         return ArchivedObject(self.get(name))
+
+    def open_object(self, entry: Entry, cache: _core.Cache | None = None) -> ArchivedObject:
+        """Verified random access to an entry of :meth:`scan`, sharing ``cache``."""
+        return ArchivedObject(entry, cache)
 
     # -- commit ---------------------------------------------------------------------------
 

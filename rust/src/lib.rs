@@ -10,6 +10,7 @@ pub mod hashing;
 pub mod layout;
 pub mod reader;
 pub mod shardio;
+pub mod source;
 
 pub use error::{Error, Result};
 
@@ -32,6 +33,8 @@ mod python {
     use crate::hashing::{self, Hash};
     use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
     use crate::reader::{BadShard, Reader};
+    use crate::shardio::Problem;
+    use crate::source::ShardSource;
 
     create_exception!(
         _core,
@@ -111,6 +114,43 @@ mod python {
         }
     }
 
+    /// Shard bytes fetched by a Python callable `fetch(stripe, shard, start, length)` that
+    /// returns bytes (shorter when the shard is shorter), None when the shard is missing,
+    /// or raises when it cannot be read. Used by the remote client; every byte is still
+    /// verified by the reader.
+    struct PyFetch(Py<PyAny>);
+
+    impl ShardSource for PyFetch {
+        fn read_range(
+            &self,
+            stripe: usize,
+            shard: usize,
+            start: u64,
+            buf: &mut [u8],
+        ) -> (usize, Option<Problem>) {
+            Python::attach(|py| {
+                let got = match self.0.call1(py, (stripe, shard, start, buf.len())) {
+                    Ok(got) => got,
+                    // The fetcher logs its own failures; the reader rebuilds the range
+                    // from other shards or fails the read.
+                    Err(_) => return (0, Some(Problem::Unreadable)),
+                };
+                if got.is_none(py) {
+                    return (0, Some(Problem::Missing));
+                }
+                match got.cast_bound::<PyBytes>(py) {
+                    Ok(bytes) => {
+                        let data = bytes.as_bytes();
+                        let n = data.len().min(buf.len());
+                        buf[..n].copy_from_slice(&data[..n]);
+                        (n, (n < buf.len()).then_some(Problem::Short))
+                    }
+                    Err(_) => (0, Some(Problem::Unreadable)),
+                }
+            })
+        }
+    }
+
     /// A verified reader over one committed object.
     #[pyclass(frozen, name = "Object", module = "blockframe._core")]
     struct PyObjectReader {
@@ -120,12 +160,13 @@ mod python {
     #[pymethods]
     impl PyObjectReader {
         #[new]
-        #[pyo3(signature = (root, chunk_size, stripes, cache=None))]
+        #[pyo3(signature = (root, chunk_size, stripes, cache=None, fetch=None))]
         fn new(
             root: PathBuf,
             chunk_size: u64,
             stripes: Vec<(Vec<ShardArg>, Vec<ShardArg>)>,
             cache: Option<PyRef<'_, PyCache>>,
+            fetch: Option<Py<PyAny>>,
         ) -> PyResult<Self> {
             let stripes = stripes
                 .into_iter()
@@ -140,9 +181,11 @@ mod python {
                 })
                 .collect::<PyResult<Vec<_>>>()?;
             let spec = ObjectSpec::new(&root, chunk_size, stripes).map_err(to_py)?;
-            let reader = match cache {
-                Some(cache) => Reader::with_cache(spec, Arc::clone(&cache.inner)),
-                None => Reader::new(spec),
+            let cache = cache.map(|c| Arc::clone(&c.inner));
+            let reader = match (fetch, cache) {
+                (Some(fetch), cache) => Reader::with_source(spec, cache, Box::new(PyFetch(fetch))),
+                (None, Some(cache)) => Reader::with_cache(spec, cache),
+                (None, None) => Reader::new(spec),
             };
             Ok(Self { reader })
         }
@@ -241,6 +284,11 @@ mod python {
 
     impl PyObjectReader {
         fn check_index(&self, stripe: usize, shard: usize) -> PyResult<()> {
+            if !self.reader.is_local() {
+                return Err(CoreError::new_err(
+                    "a remote object is verified and repaired by its server",
+                ));
+            }
             let stripes = &self.reader.spec().stripes;
             if stripe >= stripes.len() || shard >= stripes[stripe].shard_count() {
                 return Err(CoreError::new_err(format!(

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, chunk_hash};
 use crate::layout::{ObjectSpec, ShardSpec};
 use crate::shardio::{read_range, read_range_into, AtomicFile, Problem};
+use crate::source::ShardSource;
 
 /// Bytes verified, hashed or rebuilt per step when walking a whole shard.
 const WINDOW: u64 = 1 << 20;
@@ -131,6 +132,8 @@ pub struct Reader {
     spec: ObjectSpec,
     id: u64,
     cache: Option<Arc<ChunkCache>>,
+    /// None: the shard files under `spec.root`.
+    source: Option<Box<dyn ShardSource>>,
 }
 
 impl Reader {
@@ -139,6 +142,45 @@ impl Reader {
             spec,
             id: NEXT_READER_ID.fetch_add(1, Ordering::Relaxed),
             cache: None,
+            source: None,
+        }
+    }
+
+    /// A reader whose shard bytes come from `source` instead of local files. Reads are
+    /// verified exactly as for local objects; verify_shard and repair_shard are local-only.
+    pub fn with_source(
+        spec: ObjectSpec,
+        cache: Option<Arc<ChunkCache>>,
+        source: Box<dyn ShardSource>,
+    ) -> Self {
+        Self {
+            cache,
+            source: Some(source),
+            ..Self::new(spec)
+        }
+    }
+
+    /// Whether shards are local files (and so can be verified whole and repaired).
+    pub fn is_local(&self) -> bool {
+        self.source.is_none()
+    }
+
+    /// Raw bytes of a shard range from the reader's source, zero-filled past what exists.
+    fn fetch(
+        &self,
+        stripe: usize,
+        shard: usize,
+        start: u64,
+        buf: &mut [u8],
+    ) -> (usize, Option<Problem>) {
+        match &self.source {
+            None => read_range_into(&self.spec.path(stripe, shard), start, buf),
+            Some(source) => {
+                let (avail, problem) = source.read_range(stripe, shard, start, buf);
+                let avail = avail.min(buf.len());
+                buf[avail..].fill(0);
+                (avail, problem)
+            }
         }
     }
 
@@ -274,7 +316,7 @@ impl Reader {
     ) -> std::result::Result<(), Damage> {
         let spec = &self.spec.stripes[stripe].data[shard];
         let dst = &mut out[(a - soff) as usize..(b - soff) as usize];
-        let (avail, problem) = read_range_into(&self.spec.path(stripe, shard), a, dst);
+        let (avail, problem) = self.fetch(stripe, shard, a, dst);
         let valid = check_chunks(spec, self.spec.chunk_size, j, dst, avail);
         if valid.iter().all(|&v| v) {
             Ok(())
@@ -297,11 +339,10 @@ impl Reader {
         let spec = &self.spec.stripes[stripe].data[shard];
         let chunk = self.spec.chunk_size;
         let end = soff + out.len() as u64;
-        let path = self.spec.path(stripe, shard);
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             buf.resize((b - a) as usize, 0);
-            let (avail, problem) = read_range_into(&path, a, &mut buf);
+            let (avail, problem) = self.fetch(stripe, shard, a, &mut buf);
             let valid = check_chunks(spec, chunk, j, &buf, avail);
             if !valid.iter().all(|&v| v) {
                 return Err(damage_of(problem));
@@ -344,28 +385,22 @@ impl Reader {
                 break;
             }
             let spec = st.shard(s);
-            let rr = if a < spec.len {
-                read_range(&self.spec.path(stripe, s), a, b.min(spec.len))
+            let mut buf = vec![0u8; (b - a) as usize];
+            // A range wholly in the zero padding of a short data shard needs no read.
+            let (avail, problem) = if a < spec.len {
+                let real = (b.min(spec.len) - a) as usize;
+                self.fetch(stripe, s, a, &mut buf[..real])
             } else {
-                // Entirely in the zero padding of a short data shard.
-                read_range_zero()
+                (0, None)
             };
-            let mut buf = rr.buf;
-            buf.resize((b - a) as usize, 0);
-            let v = check_chunks(
-                spec,
-                chunk,
-                c0,
-                &buf,
-                if a < spec.len { rr.avail } else { 0 },
-            );
+            let v = check_chunks(spec, chunk, c0, &buf, avail);
             if v.iter().any(|&ok| !ok) {
                 note(
                     bad,
                     BadShard {
                         stripe,
                         shard: s,
-                        damage: damage_of(rr.problem),
+                        damage: damage_of(problem),
                     },
                 );
             }
@@ -545,13 +580,5 @@ impl Reader {
         bytes.truncate(len);
         self.check_rebuilt(stripe, s, j0, &bytes)?;
         Ok(bytes)
-    }
-}
-
-fn read_range_zero() -> crate::shardio::RangeRead {
-    crate::shardio::RangeRead {
-        buf: Vec::new(),
-        avail: 0,
-        problem: None,
     }
 }

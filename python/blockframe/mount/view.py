@@ -16,9 +16,10 @@ import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from blockframe import _core
-from blockframe.archive import Archive, ArchivedObject, Entry
+from blockframe.archive import ArchivedObject, Entry, Index
 from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ def _mtime_ns(entry: Entry) -> int:
     return int(datetime.fromisoformat(entry.manifest.created).timestamp() * 1_000_000_000)
 
 
+class Source(Protocol):
+    """What the view needs of an archive: a local :class:`blockframe.archive.Archive` or a
+    :class:`blockframe.remote.RemoteArchive`."""
+
+    @property
+    def root(self) -> object: ...
+
+    def scan(self) -> Index: ...
+
+    def open_object(self, entry: Entry, cache: _core.Cache | None = None) -> ArchivedObject: ...
+
+
 class ArchiveView:
     """A read-only tree over an archive's usable objects.
 
@@ -59,7 +72,7 @@ class ArchiveView:
     default), shards found damaged by reads are rebuilt on disk in the background.
     """
 
-    def __init__(self, archive: Archive, cache_bytes: int = 256 << 20, repair: bool = True):
+    def __init__(self, archive: Source, cache_bytes: int = 256 << 20, repair: bool = True):
         self.archive = archive
         self.cache = _core.Cache(cache_bytes)
         self._files: dict[str, Entry] = {}
@@ -147,7 +160,7 @@ class ArchiveView:
                 if path in self._dirs:
                     raise IsDirectoryError(f"{path}: is a directory")
                 raise NotFoundError(f"{path}: no such file or directory")
-            obj = ArchivedObject(entry, self.cache)
+            obj = self.archive.open_object(entry, self.cache)
             self._objects[path] = obj
             return obj
 
