@@ -4,6 +4,14 @@ commit: a 1 GiB random file committed with the default config (tier 3), against
 `dd conv=fsync` writing the same number of bytes the commit writes and `par2 create -r10`;
 peak RSS of commit for 1 GiB and 4 GiB files. Rounds alternate between tools so that
 drifts of this virtual disk hit all of them alike; medians are reported.
+
+health: `blockframe health` on a healthy 1 GiB tier-3 object against `par2 verify` and
+`b3sum` over the shard files, page cache dropped before each run; then 3 MiB of damage in
+the middle of the file repaired by health against `par2 repair`.
+
+remote: `curl -o /dev/null` of the 1 GiB file from `blockframe serve` over loopback, next to
+`cat` through the local mount of the same archive (and, with the remote client, through
+`mount --remote`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GiB = 2**30
@@ -320,9 +329,281 @@ def bench_mount(work: Path, rounds: int) -> None:
     print()
 
 
+def drop_caches() -> None:
+    """Write back dirty pages and empty the page cache, so every tool reads from the disk."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        raise SystemExit(f"cannot drop the page cache ({e.strerror}): run as root") from None
+
+
+def cold(cmd: list[str]) -> tuple[float, str]:
+    """Wall time of ``cmd`` started with an empty page cache, and its stdout."""
+    drop_caches()
+    t = time.perf_counter()
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[0]} ... failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return elapsed, r.stdout
+
+
+def _damage(path: Path, offset: int, garbage: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(garbage)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _repair_only(obj_dir: Path, shards: list[tuple[int, int]]) -> float:
+    """Seconds to repair ``shards`` of an object with a cold page cache, two at a time as
+    health does, without the scrub of the rest of the archive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blockframe import _core
+    from blockframe.manifest import load
+
+    m = load(obj_dir, repair=False).manifest
+    core = _core.Object(
+        str(obj_dir),
+        m.chunk_size,
+        [
+            (
+                [(s.path, s.size, s.hashes) for s in st.data],
+                [(s.path, s.size, s.hashes) for s in st.parity],
+            )
+            for st in m.stripes
+        ],
+    )
+    drop_caches()
+    t = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda ss: core.repair_shard(*ss), shards))
+    elapsed = time.perf_counter() - t
+    assert all(n > 0 for n, _ in done), done
+    return elapsed
+
+
+def bench_health(work: Path, rounds: int) -> None:
+    """`blockframe health` on a healthy 1 GiB tier-3 object vs `par2 verify` and `b3sum` of
+    the shard files, then repairing 3 MiB of damage in the middle vs `par2 repair`."""
+    import json
+    import random
+
+    src = work / "src-1g.bin"
+    make_file(src, GiB)
+    empty = work / "default-config.toml"  # built-in defaults: tier 3, RS(30, 3), 32 MiB
+    empty.write_text("")
+    bf = [*BF, "--config", str(empty)]
+    arch = work / "health-archive"
+    shutil.rmtree(arch, ignore_errors=True)
+    sh([*bf, "commit", "-f", str(src), "-a", str(arch)])
+    (obj,) = [p for p in arch.iterdir() if not p.name.startswith(".")]
+    shards = sorted(str(p) for p in obj.rglob("*.dat"))
+    total = shard_bytes(arch)
+    for p in work.glob("src-1g.bin*.par2"):
+        p.unlink()
+    drop_caches()
+    t = time.perf_counter()
+    sh(["par2", "create", "-q", "-r10", "-s1048576", str(src)])
+    par2_create = time.perf_counter() - t
+    par2_index = work / "src-1g.bin.par2"
+    health_cmd = [*bf, "health", "-a", str(arch), "--json"]
+
+    healthy = {
+        "blockframe health": health_cmd,
+        "par2 verify": ["par2", "verify", "-q", str(par2_index)],
+        "b3sum (shard files)": ["b3sum", *shards],
+    }
+    results: dict[str, list[float]] = {k: [] for k in healthy}
+    for r in range(rounds):
+        order = list(healthy)
+        order = order[r % len(order) :] + order[: r % len(order)]
+        for label in order:
+            elapsed, out = cold(healthy[label])
+            if label == "blockframe health":
+                doc = json.loads(out)
+                assert doc["status"] == "healthy" and doc["totals"]["bytes_verified"] == total
+            results[label].append(elapsed)
+
+    # 3 MiB of random damage centred on the middle of the file: the end of segment 15 and
+    # the start of segment 16 (both in block 0), and the same bytes in par2's copy.
+    size = 3 * 2**20
+    start = GiB // 2 - size // 2
+    seg = 32 * 2**20
+    garbage = random.Random(4).randbytes(size)
+    pieces = []  # (shard path, offset in shard, slice of garbage)
+    pos = start
+    while pos < start + size:
+        g, local = divmod(pos, seg)
+        n = min(seg - local, start + size - pos)
+        shard = obj / f"blocks/block_0/segments/segment_{g}.dat"
+        pieces.append((shard, local, garbage[pos - start : pos - start + n]))
+        pos += n
+    damaged = [(0, int(p.stem.split("_")[1])) for p, _, _ in pieces]
+    repair: dict[str, list[float]] = {
+        "blockframe health (scrub + repair)": [],
+        "blockframe repair only (2 shards)": [],
+        "par2 repair": [],
+    }
+    repaired_bytes = 0
+    for r in range(rounds):
+        for shard, offset, chunk in pieces:
+            _damage(shard, offset, chunk)
+        elapsed, out = cold(health_cmd)
+        doc = json.loads(out)
+        assert doc["status"] == "repaired", doc["status"]
+        repaired_bytes = doc["totals"]["bytes_repaired"]
+        repair["blockframe health (scrub + repair)"].append(elapsed)
+        for shard, offset, chunk in pieces:
+            _damage(shard, offset, chunk)
+        repair["blockframe repair only (2 shards)"].append(_repair_only(obj, damaged))
+        if r < 3:  # par2 repair rewrites the whole file: three rounds are enough
+            _damage(src, start, garbage)
+            elapsed, _ = cold(["par2", "repair", "-q", str(par2_index)])
+            repair["par2 repair"].append(elapsed)
+            for p in work.glob("src-1g.bin.[0-9]*"):
+                p.unlink()  # par2 keeps the damaged original as src-1g.bin.1
+    assert json.loads(sh(health_cmd).stdout)["status"] == "healthy", "not healthy after the rounds"
+
+    med = {k: statistics.median(v) for k, v in {**results, **repair}.items()}
+    print(f"### health: 1 GiB random file, default config (tier 3), {rounds} rounds\n")
+    print(
+        f"Archive: one object, {len(shards)} shard files, {total / GiB:.3f} GiB "
+        f"(1 GiB of data + parity). par2 recovery files: `par2 create -r10 -s1048576` "
+        f"(took {par2_create:.1f} s). Page cache dropped before every run.\n"
+    )
+    print("| tool | median s | MB/s of file | runs (s) |")
+    print("|---|---|---|---|")
+    for k, v in results.items():
+        print(
+            f"| {k} | {med[k]:.2f} | {GiB / med[k] / 1e6:.0f} | "
+            + ", ".join(f"{x:.2f}" for x in v)
+            + " |"
+        )
+    h = med["blockframe health"]
+    print(
+        f"\nhealth: **{GiB / h / 1e9:.2f} GB/s** of file (target >= 1 GB/s), "
+        f"**{med['par2 verify'] / h:.1f}x** faster than par2 verify (target >= 7x), "
+        f"{h / med['b3sum (shard files)']:.2f}x the time of b3sum over the same shards\n"
+    )
+    print(
+        f"3 MiB of damage at file offset {start} ({len(pieces)} data shards hit; "
+        f"health rebuilt {repaired_bytes} bytes of bad chunks):\n"
+    )
+    print("| tool | median s | runs (s) |")
+    print("|---|---|---|")
+    for k, v in repair.items():
+        print(f"| {k} | {med[k]:.2f} | " + ", ".join(f"{x:.2f}" for x in v) + " |")
+    print(
+        f"\nrepair of 3 MiB: **{med['blockframe repair only (2 shards)']:.2f} s** "
+        f"(target < 1 s); the whole health run that finds and repairs it: "
+        f"{med['blockframe health (scrub + repair)']:.2f} s; par2 repair: "
+        f"{med['par2 repair']:.1f} s\n"
+    )
+    for p in work.glob("src-1g.bin*.par2"):
+        p.unlink()
+    shutil.rmtree(arch)
+
+
+def _start_server(arch: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`blockframe serve` on a free loopback port; returns the process and its base URL."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*BF, "serve", "-a", str(arch), "-p", "0"], stdout=subprocess.DEVNULL, stderr=err
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        m = re.search(r" at (http://\S+)", log.read_text())
+        if m:
+            return proc, m.group(1)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not come up: {log.read_text()}")
+        time.sleep(0.05)
+
+
+def _timed_curl(url: str) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t
+    assert int(r.stdout) == GiB, f"curl got {r.stdout} bytes"
+    return elapsed
+
+
+def bench_remote(work: Path, rounds: int) -> None:
+    """`curl -o /dev/null` of /api/files/NAME from `blockframe serve` over loopback, next to
+    `cat` through the local mount of the same archive."""
+    src = work / "src-1g.bin"
+    make_file(src, GiB)
+    arch = work / "archive-mount"
+    if not arch.is_dir():
+        sh([*BF, "commit", "-f", str(src), "-a", str(arch)])
+    bf_mnt = work / "mnt-blockframe"
+    bf_mnt.mkdir(exist_ok=True)
+    server, url = _start_server(arch, work / "serve.log")
+    bf = subprocess.Popen(
+        [*BF, "mount", "-a", str(arch), "-m", str(bf_mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_mounted(bf_mnt, bf)
+        for p in [*arch.rglob("*.dat"), src]:
+            subprocess.run(["cat", str(p)], check=True, stdout=subprocess.DEVNULL)
+        file_url = f"{url}/api/files/{src.name}"
+        # Correctness first: the served bytes are the file's.
+        curl = subprocess.Popen(["curl", "-sS", "--fail", file_url], stdout=subprocess.PIPE)
+        same = subprocess.run(["cmp", "-", str(src)], stdin=curl.stdout).returncode == 0
+        curl.wait()
+        assert same, "served bytes differ from the source"
+        runs: dict[str, Callable[[], float]] = {
+            "curl of /api/files/NAME (blockframe serve)": lambda: _timed_curl(file_url),
+            "cat through the local blockframe mount": lambda: (
+                _drop_file_cache(bf_mnt / src.name),
+                _timed_cat(bf_mnt / src.name),
+            )[1],
+            # REMOTE MOUNT ROW (issue #5, client half): add
+            # "cat through the remote mount (mount --remote)" here, mounting `url`.
+        }
+        seq: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(rounds):
+            order = list(runs)
+            order = order[r % len(order) :] + order[: r % len(order)]
+            for label in order:
+                seq[label].append(runs[label]())
+        rss_kib = int(
+            re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{server.pid}/status").read_text()).group(1)  # type: ignore[union-attr]
+        )
+    finally:
+        _unmount(bf_mnt, bf)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    med = {k: statistics.median(v) for k, v in seq.items()}
+    print(f"### remote: 1 GiB random file, default config (tier 3), loopback, {rounds} rounds\n")
+    print("| sequential read | median s | MB/s | runs (s) |")
+    print("|---|---|---|---|")
+    for k, v in seq.items():
+        runs_s = ", ".join(f"{x:.2f}" for x in v)
+        print(f"| {k} | {med[k]:.2f} | {GiB / med[k] / 1e6:.0f} | {runs_s} |")
+    served = GiB / med["curl of /api/files/NAME (blockframe serve)"] / 1e6
+    print(
+        f"\nserved download: **{served:.0f} MB/s** (target >= 500 MB/s); served bytes "
+        f"identical to the source: {'yes' if same else 'NO'}; server peak RSS (VmHWM) "
+        f"{rss_kib / 1024:.0f} MiB\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="scripts/bench")
-    p.add_argument("what", choices=["commit", "mount"])
+    p.add_argument("what", choices=["commit", "mount", "health", "remote"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dir", default="bench-data", help="scratch directory (needs ~7 GiB)")
     p.add_argument("--skip-4g", action="store_true")
@@ -334,6 +615,10 @@ def main() -> None:
         bench_commit(work, args.rounds, args.skip_4g)
     elif args.what == "mount":
         bench_mount(work, args.rounds)
+    elif args.what == "remote":
+        bench_remote(work, args.rounds)
+    elif args.what == "health":
+        bench_health(work, args.rounds)
 
 
 if __name__ == "__main__":

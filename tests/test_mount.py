@@ -296,4 +296,7 @@ def test_mount_errors_are_one_line(archive: Env) -> None:
     r = archive.run("mount", "-m", "mnt", "-a", "missing")
     assert r.returncode == 1 and b"does not exist" in r.stderr
     r = archive.run("mount", "-m", "mnt", "-r", "http://127.0.0.1:1")
-    assert r.returncode == 2 and b"local archives only" in r.stderr
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"http://127.0.0.1:1" in r.stderr
+    r = archive.run("mount", "-m", "mnt", "-r", "ftp://example")
+    assert r.returncode == 2 and b"http://" in r.stderr

@@ -31,10 +31,11 @@ class Object:
         chunk_size: int,
         stripes: list[tuple[list[tuple[str, int, bytes]], list[tuple[str, int, bytes]]]],
         cache: Cache | None = None,
-        fetch: Callable[[int, int, int, int], bytes | None] | None = None,
+        fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
     ) -> None:
         """With ``fetch(stripe, shard, start, length)``, shard bytes come from that callable
-        (bytes, shorter when the shard is shorter; None when missing; raise when unreadable)
+        (bytes or a contiguous buffer, shorter when the shard is shorter; None when missing;
+        raise when unreadable)
         instead of files under ``root``; they are verified all the same."""
     @property
     def size(self) -> int: ...

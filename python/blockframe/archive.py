@@ -140,7 +140,7 @@ class ArchivedObject:
         self,
         entry: Entry,
         cache: _core.Cache | None = None,
-        fetch: Callable[[int, int, int, int], bytes | None] | None = None,
+        fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
     ) -> None:
         self.entry = entry
         m = entry.manifest

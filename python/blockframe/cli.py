@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument(
         "--allow-other", action="store_true", help="let other users (e.g. an SMB/NFS server) read"
     )
+
+    sv = sub.add_parser("serve", help="share the archive read-only over HTTP (foreground)")
+    sv.add_argument("-a", "--archive", metavar="DIR")
+    sv.add_argument("-p", "--port", type=int, metavar="PORT", help="default: server.default_port")
+    sv.add_argument("--host", metavar="HOST", help="bind address (default: server.host, 127.0.0.1)")
+
+    h = sub.add_parser("health", help="scrub, repair and report the whole archive")
+    h.add_argument("-a", "--archive", metavar="DIR")
+    h.add_argument("--json", action="store_true", help="machine-readable report")
+    h.add_argument("--dry-run", action="store_true", help="verify and report only; change nothing")
+    h.add_argument(
+        "--older-than", metavar="DURATION", help="only objects not verified within (7d, 12h, 30m)"
+    )
+    h.add_argument("--max-time", metavar="DURATION", help="stop after this long, stalest first")
     return p
 
 
@@ -74,6 +88,9 @@ def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
     if args.quiet:
         level = logging.ERROR
     logging.basicConfig(level=level, format="blockframe: %(message)s")
+    # httpx logs every request at INFO: one line per shard range of a remote mount.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 @contextlib.contextmanager
@@ -212,18 +229,21 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # Source priority (seed README): --remote, --archive, mount.default_remote,
     # archive.directory.
     remote = args.remote or (None if args.archive else cfg.mount_default_remote or None)
-    if remote:
-        raise UsageError(
-            f"cannot mount {remote}: this version mounts local archives only "
-            "(use --archive DIR; remote mounts come with `blockframe serve`)"
-        )
-    from blockframe.mount.view import ArchiveView
+    from blockframe.mount.view import ArchiveView, Source
 
-    archive = _archive(cfg, args)
+    source: Source
+    if remote:
+        from blockframe.remote import TOKEN_ENV, RemoteArchive
+
+        token = os.environ.get(TOKEN_ENV) or cfg.server_token
+        source = RemoteArchive(remote, token=token)
+    else:
+        source = _archive(cfg, args)
     mountpoint = Path(args.mountpoint) if args.mountpoint else cfg.mount_default_mountpoint
     # [cache] max_segments counts 32 MiB segments (seed README); the smaller budget wins.
     budget = min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20)
-    view = ArchiveView(archive, cache_bytes=budget)
+    # A remote archive is repaired by its server (its mount or `health`), not by us.
+    view = ArchiveView(source, cache_bytes=budget, repair=not remote)
     if sys.platform == "win32":
         from blockframe.mount.winfsp import mount
     else:
@@ -233,7 +253,54 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"commit": cmd_commit, "list": cmd_list, "restore": cmd_restore, "mount": cmd_mount}
+def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+    from blockframe import serve
+
+    port = cfg.server_default_port if args.port is None else args.port
+    if not 0 <= port < 65536:
+        raise UsageError(f"--port must be 0-65535, got {port}")
+    options = serve.ServerOptions(
+        host=args.host or cfg.server_host,
+        port=port,
+        token=serve.token_from(cfg.server_token),
+        cors_origins=cfg.server_cors_origins,
+        cache_bytes=min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20),
+    )
+    serve.run(_archive(cfg, args), options, verbose=args.verbose)
+    print("blockframe: server stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_health(cfg: Config, args: argparse.Namespace) -> int:
+    from blockframe import health
+
+    def duration(value: str | None, flag: str) -> float | None:
+        return None if value is None else health.parse_duration(value, flag)
+
+    options = health.Options(
+        dry_run=args.dry_run,
+        older_than=duration(args.older_than, "--older-than"),
+        max_time=duration(args.max_time, "--max-time"),
+    )
+    checker = health.Health(args.archive or cfg.archive_directory, options)
+    plan = checker.plan()
+    with progress_bar("health", plan.measure() if sys.stderr.isatty() else 0) as cb:
+        report = checker.run(plan, cb)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not (args.quiet and report.exit_code == 0):
+        health.print_report(report, verbose=args.verbose)
+    return report.exit_code
+
+
+COMMANDS = {
+    "commit": cmd_commit,
+    "list": cmd_list,
+    "restore": cmd_restore,
+    "mount": cmd_mount,
+    "serve": cmd_serve,
+    "health": cmd_health,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

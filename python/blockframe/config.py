@@ -96,6 +96,7 @@ class Config:
     server_default_port: int = 8080
     server_host: str = "127.0.0.1"
     server_token: str = ""
+    server_cors_origins: tuple[str, ...] = ()
     logging_level: str = "info"
     storage: StorageConfig = field(default_factory=StorageConfig)
     source: Path | None = None
@@ -108,7 +109,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "archive": {"directory": "path"},
     "mount": {"default_mountpoint": "path", "default_remote": "str"},
     "cache": {"max_segments": "int", "max_size": "size"},
-    "server": {"default_port": "int", "host": "str", "token": "str"},
+    "server": {"default_port": "int", "host": "str", "token": "str", "cors_origins": "strlist"},
     "logging": {"level": "str"},
     "storage": {
         "segment_size": "size",
@@ -172,6 +173,10 @@ def _value(kind: str, value: Any, what: str, base: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{what}: expected an integer, got {value!r}")
         return value
+    if kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{what}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{what}: expected a string, got {value!r}")
     if kind == "path":
@@ -222,6 +227,7 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
         server_default_port=port,
         server_host=values.get("server.host", defaults.server_host),
         server_token=values.get("server.token", ""),
+        server_cors_origins=values.get("server.cors_origins", ()),
         logging_level=level,
         storage=storage,
         source=path,

@@ -138,14 +138,22 @@ mod python {
                 if got.is_none(py) {
                     return (0, Some(Problem::Missing));
                 }
-                match got.cast_bound::<PyBytes>(py) {
-                    Ok(bytes) => {
-                        let data = bytes.as_bytes();
-                        let n = data.len().min(buf.len());
-                        buf[..n].copy_from_slice(&data[..n]);
-                        (n, (n < buf.len()).then_some(Problem::Short))
+                // bytes, or any buffer (a memoryview slice of a fetched block avoids a copy).
+                if let Ok(bytes) = got.cast_bound::<PyBytes>(py) {
+                    let data = bytes.as_bytes();
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    return (n, (n < buf.len()).then_some(Problem::Short));
+                }
+                match PyBuffer::<u8>::get(got.bind(py)) {
+                    Ok(view) if view.is_c_contiguous() => {
+                        let n = view.len_bytes().min(buf.len());
+                        match view.copy_to_slice(py, &mut buf[..n]) {
+                            Ok(()) => (n, (n < buf.len()).then_some(Problem::Short)),
+                            Err(_) => (0, Some(Problem::Unreadable)),
+                        }
                     }
-                    Err(_) => (0, Some(Problem::Unreadable)),
+                    _ => (0, Some(Problem::Unreadable)),
                 }
             })
         }
