@@ -547,15 +547,23 @@ def bench_remote(work: Path, rounds: int) -> None:
     if not arch.is_dir():
         sh([*BF, "commit", "-f", str(src), "-a", str(arch)])
     bf_mnt = work / "mnt-blockframe"
+    rm_mnt = work / "mnt-remote"
     bf_mnt.mkdir(exist_ok=True)
+    rm_mnt.mkdir(exist_ok=True)
     server, url = _start_server(arch, work / "serve.log")
     bf = subprocess.Popen(
         [*BF, "mount", "-a", str(arch), "-m", str(bf_mnt)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    rm = subprocess.Popen(
+        [*BF, "mount", "-r", url, "-m", str(rm_mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_mounted(bf_mnt, bf)
+        _wait_mounted(rm_mnt, rm)
         for p in [*arch.rglob("*.dat"), src]:
             subprocess.run(["cat", str(p)], check=True, stdout=subprocess.DEVNULL)
         file_url = f"{url}/api/files/{src.name}"
@@ -570,8 +578,10 @@ def bench_remote(work: Path, rounds: int) -> None:
                 _drop_file_cache(bf_mnt / src.name),
                 _timed_cat(bf_mnt / src.name),
             )[1],
-            # REMOTE MOUNT ROW (issue #5, client half): add
-            # "cat through the remote mount (mount --remote)" here, mounting `url`.
+            "cat through the remote mount (mount --remote)": lambda: (
+                _drop_file_cache(rm_mnt / src.name),
+                _timed_cat(rm_mnt / src.name),
+            )[1],
         }
         seq: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(rounds):
@@ -582,7 +592,11 @@ def bench_remote(work: Path, rounds: int) -> None:
         rss_kib = int(
             re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{server.pid}/status").read_text()).group(1)  # type: ignore[union-attr]
         )
+        rm_rss_kib = int(
+            re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{rm.pid}/status").read_text()).group(1)  # type: ignore[union-attr]
+        )
     finally:
+        _unmount(rm_mnt, rm)
         _unmount(bf_mnt, bf)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -593,6 +607,11 @@ def bench_remote(work: Path, rounds: int) -> None:
     for k, v in seq.items():
         runs_s = ", ".join(f"{x:.2f}" for x in v)
         print(f"| {k} | {med[k]:.2f} | {GiB / med[k] / 1e6:.0f} | {runs_s} |")
+    remote = GiB / med["cat through the remote mount (mount --remote)"] / 1e6
+    print(
+        f"\nremote mount sequential read: **{remote:.0f} MB/s** (target >= 300 MB/s); "
+        f"remote mount peak RSS (VmHWM) {rm_rss_kib / 1024:.0f} MiB"
+    )
     served = GiB / med["curl of /api/files/NAME (blockframe serve)"] / 1e6
     print(
         f"\nserved download: **{served:.0f} MB/s** (target >= 500 MB/s); served bytes "

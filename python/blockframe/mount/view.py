@@ -44,7 +44,8 @@ class Stat:
         return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
 
 
-def _normalize(path: str) -> str:
+def normalize_path(path: str) -> str:
+    """``/a/b`` for any spelling of it (``a/b``, ``/a//b/``, ``\\a\\b``, ``./a/b``)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     return "/" + "/".join(parts)
 
@@ -118,7 +119,7 @@ class ArchiveView:
             self._objects = {p: o for p, o in self._objects.items() if files.get(p) is o.entry}
 
     def stat(self, path: str) -> Stat:
-        path = _normalize(path)
+        path = normalize_path(path)
         entry = self._files.get(path)
         if entry is not None:
             return Stat(False, entry.manifest.size, _mtime_ns(entry), 1)
@@ -134,7 +135,7 @@ class ArchiveView:
         return max(times, default=0)
 
     def listdir(self, path: str) -> list[str]:
-        path = _normalize(path)
+        path = normalize_path(path)
         children = self._dirs.get(path)
         if children is None:
             if path in self._files:
@@ -150,7 +151,7 @@ class ArchiveView:
     # -- files ----------------------------------------------------------------------------
 
     def _object(self, path: str) -> ArchivedObject:
-        path = _normalize(path)
+        path = normalize_path(path)
         with self._lock:
             obj = self._objects.get(path)
             if obj is not None:

@@ -37,7 +37,7 @@ from blockframe.errors import (
     ReadOnlyError,
     UsageError,
 )
-from blockframe.mount.view import ArchiveView, Stat, _normalize
+from blockframe.mount.view import ArchiveView, Stat, normalize_path
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def list_directory(view: ArchiveView, path: str, marker: str | None = None) -> l
     "." and ".." first (not for the root, as WinFsp requires), then names sorted by code
     point. WinFsp resumes a listing that did not fit its buffer by passing back the last
     name it took, so the order must not change between calls."""
-    path = _normalize(path)
+    path = normalize_path(path)
     children = view.listdir(path)  # raises NotDirectoryError / NotFoundError
     if marker is None:
         start_dots, start = 0, 0
@@ -254,7 +254,7 @@ class ReadOnlyFS:
         # WinFsp already compared FILE_DIRECTORY_FILE / FILE_NON_DIRECTORY_FILE and the
         # requested access with what get_security_by_name reported, so any existing path
         # can be opened here.
-        path = _normalize(file_name)
+        path = normalize_path(file_name)
         st = self.view.stat(path)
         handle = None if st.is_dir else self.view.open(path)
         return OpenFile(path, st, handle)
