@@ -94,6 +94,19 @@ class Entry:
     def status(self) -> str:
         return "manifest restored" if self.manifest_repaired else "ok"
 
+    def summary(self) -> dict[str, str | int]:
+        """What `list --json` and `GET /api/files` say of an object."""
+        m = self.manifest
+        return {
+            "name": self.name,
+            "size": m.size,
+            "tier": m.tier,
+            "status": self.status,
+            "id": m.id,
+            "content_hash": m.content_hash,
+            "created": m.created,
+        }
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -163,19 +163,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     entries = sorted(index.entries.values(), key=lambda e: e.name)
     if args.json:
         doc = {
-            "objects": [
-                {
-                    "name": e.name,
-                    "size": e.manifest.size,
-                    "tier": e.manifest.tier,
-                    "status": e.status,
-                    "id": e.manifest.id,
-                    "content_hash": e.manifest.content_hash,
-                    "created": e.manifest.created,
-                    "directory": e.path.name,
-                }
-                for e in entries
-            ],
+            "objects": [{**e.summary(), "directory": e.path.name} for e in entries],
             "problems": [{"path": p.path, "reason": p.reason} for p in index.problems],
         }
         print(json.dumps(doc, indent=2))

@@ -461,20 +461,7 @@ class Server:
 
     async def list_files(self, request: Request) -> Response:
         entries = await run_in_threadpool(self.catalog.entries)
-        return JSONResponse(
-            [
-                {
-                    "name": e.name,
-                    "size": e.manifest.size,
-                    "tier": e.manifest.tier,
-                    "status": e.status,
-                    "id": e.manifest.id,
-                    "content_hash": e.manifest.content_hash,
-                    "created": e.manifest.created,
-                }
-                for e in entries
-            ]
-        )
+        return JSONResponse([e.summary() for e in entries])
 
     async def files(self, request: Request) -> Response:
         target = await run_in_threadpool(self.catalog.resolve, request.path_params["rest"])
