@@ -24,7 +24,8 @@ joined into filesystem paths; a name with an empty, ``.`` or ``..`` segment, a b
 NUL or another control character is a 400, an unknown name a 404, and error bodies never
 name server paths. Only GET and HEAD are served (405 otherwise). With a token (config
 ``[server] token`` or ``$BLOCKFRAME_TOKEN``, the variable winning), every request except
-``/docs`` and ``/openapi.json`` needs ``Authorization: Bearer <token>`` (401 otherwise).
+``/docs`` and ``/openapi.json`` (and the web page ``/`` with its assets under ``/ui/``, which
+asks for the token) needs ``Authorization: Bearer <token>`` (401 otherwise).
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,7 +83,9 @@ log = logging.getLogger(__name__)
 PIECE = 1 << 20  # bytes read, verified and sent at a time
 RESCAN_INTERVAL = 1.0  # seconds: how often a listing or an unknown name may rescan the archive
 TOKEN_ENV = "BLOCKFRAME_TOKEN"
-PUBLIC_PATHS = ("/docs", "/openapi.json")  # and everything under /docs/
+PUBLIC_PATHS = ("/", "/docs", "/openapi.json")  # and everything under /docs/ and /ui/
+PUBLIC_PREFIXES = ("/docs/", "/ui/")
+WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML, CSS and JS; no CDN)
 _NAME = re.compile(NAME_PATTERN)
 _SHARD_ROUTE = re.compile(r"(.+)/shards/(\d{1,9})/(\d{1,9})")
 
@@ -580,6 +589,11 @@ class Server:
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE)
 
+    async def index(self, request: Request) -> Response:
+        """The web page: the archive at a glance (its data comes from the API, with the
+        token the page asks for when the server has one)."""
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
     def app(self) -> ASGIApp:
         """The ASGI application: metrics and abort handling outermost, then CORS (when
         configured), then the method and token gate, then the routes."""
@@ -591,6 +605,8 @@ class Server:
             Route("/openapi.json", self.openapi_json, methods=["GET"]),
             Route("/docs", self.docs, methods=["GET"]),
             Mount("/docs/static", StaticFiles(directory=swagger_ui_dir()), name="swagger"),
+            Route("/", self.index, methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
         ]
         handlers: dict[Any, Callable[[Request, Exception], Any]] = {
             BlockFrameError: _blockframe_error,
@@ -667,7 +683,7 @@ class _Gate:
                 )
                 await response(scope, receive, send)
                 return
-            public = path in PUBLIC_PATHS or path.startswith("/docs/")
+            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
             if self.digest is not None and not public and not self._authorized(scope):
                 response = _error(
                     401, "missing or wrong bearer token", {"www-authenticate": "Bearer"}
