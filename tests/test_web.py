@@ -165,3 +165,38 @@ def test_token_is_asked_for_and_sent(tmp_path: Path, browser: tuple[WebDriver, P
         assert download(driver, downloads, "readme.txt") == content("readme.txt")
     finally:
         assert server.stop() == 0, server.log
+
+
+def test_a_damaged_file_shows_as_repaired_after_a_scrub(
+    tmp_path: Path, browser: tuple[WebDriver, Path]
+) -> None:
+    files = {"readme.txt": 3_000, "photos/2024/img_001.jpg": 50_000}
+    env = build(tmp_path, files)
+    victim = env.archive.get("photos/2024/img_001.jpg")
+    segment = victim.path / "segments" / "segment_1.dat"
+    raw = bytearray(segment.read_bytes())
+    raw[100] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+    server = Server(env)
+    try:
+        driver, _ = browser
+        driver.get(server.url + "/")
+        wait(lambda: loaded(driver))
+        # Never scrubbed: the manifest status only.
+        assert rows(driver)["photos/2024/img_001.jpg"][3] == "ok"
+        assert "last scrub: never" in driver.find_element(By.ID, "summary").text
+        r = env.run("health")
+        assert r.returncode == 0, r.stderr
+        driver.refresh()
+        wait(lambda: loaded(driver))
+        listed = rows(driver)
+        assert listed["photos/2024/img_001.jpg"][3] == "repaired · margin 2"
+        assert listed["readme.txt"][3] == "healthy · margin 2"
+        assert "last scrub: never" not in driver.find_element(By.ID, "summary").text
+        # And the API says the same for machines.
+        with server.client() as c:
+            scrub = {f["name"]: f["scrub"] for f in c.get("/api/files").json()}
+        assert scrub["photos/2024/img_001.jpg"]["status"] == "repaired"
+        assert scrub["readme.txt"] == {**scrub["readme.txt"], "status": "healthy", "margin": 2}
+    finally:
+        assert server.stop() == 0, server.log

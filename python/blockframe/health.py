@@ -22,6 +22,7 @@ stripe may fail before data is lost.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -123,6 +124,29 @@ def _from_iso(value: object) -> float | None:
 
 
 @dataclass(frozen=True)
+class LastScrub:
+    """How the latest scrub of an object ended: when, its status and its margin."""
+
+    at: float
+    status: str  # healthy / repaired / damaged / unusable
+    margin: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "status": self.status, "margin": self.margin}
+
+    @classmethod
+    def from_dict(cls, d: object) -> LastScrub | None:
+        if not isinstance(d, dict):
+            return None
+        at, status, margin = _from_iso(d.get("at")), d.get("status"), d.get("margin")
+        if at is None or status not in ("healthy", "repaired", "damaged", "unusable"):
+            return None
+        if not (margin is None or (isinstance(margin, int) and not isinstance(margin, bool))):
+            return None
+        return cls(at, str(status), margin)
+
+
+@dataclass(frozen=True)
 class Freshness:
     """What the state file remembers about one object directory."""
 
@@ -130,6 +154,7 @@ class Freshness:
     damaged: float | None = None  # last scrub left damage (the object is re-checked first)
     resume_stripe: int | None = None  # a time-limited run stopped before this stripe ...
     resume_since: float | None = None  # ... of a pass that began at this time
+    last: LastScrub | None = None  # the outcome of the latest scrub, for people and the web page
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"verified": iso(self.verified)}
@@ -137,6 +162,8 @@ class Freshness:
             out["damaged"] = iso(self.damaged)
         if self.resume_stripe is not None:
             out["resume"] = {"stripe": self.resume_stripe, "since": iso(self.resume_since)}
+        if self.last is not None:
+            out["last"] = self.last.to_dict()
         return out
 
     @classmethod
@@ -152,7 +179,13 @@ class Freshness:
                 stripe = raw
             else:
                 since = None
-        return cls(_from_iso(d.get("verified")), _from_iso(d.get("damaged")), stripe, since)
+        return cls(
+            _from_iso(d.get("verified")),
+            _from_iso(d.get("damaged")),
+            stripe,
+            since,
+            LastScrub.from_dict(d.get("last")),
+        )
 
 
 class State:
@@ -455,6 +488,11 @@ class Health:
                     obj, after = self._scrub(d, before, plan, report, pool, deadline, tick)
                     obj.superseded_by = plan.superseded.get(d)
                     report.objects.append(obj)
+                    if obj.complete:
+                        last = LastScrub(self.clock(), obj.status, obj.margin)
+                        after = dataclasses.replace(after, last=last)
+                    else:
+                        after = dataclasses.replace(after, last=before.last)
                     if not opts.dry_run and after != before:
                         updates[d] = after
         finally:

@@ -270,6 +270,21 @@ def openapi(secured: bool) -> dict[str, Any]:
                         "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                         "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "created": {"type": "string", "format": "date-time"},
+                        "scrub": {
+                            "description": "The latest `blockframe health` outcome for the "
+                            "object, or null if it was never scrubbed.",
+                            "type": "object",
+                            "nullable": True,
+                            "required": ["at", "status", "margin"],
+                            "properties": {
+                                "at": {"type": "string", "format": "date-time"},
+                                "status": {
+                                    "type": "string",
+                                    "enum": ["healthy", "repaired", "damaged", "unusable"],
+                                },
+                                "margin": {"type": "integer", "nullable": True},
+                            },
+                        },
                     },
                 },
                 "Manifest": {

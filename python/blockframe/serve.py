@@ -335,6 +335,14 @@ class Catalog:
                     self.view.refresh()
         raise ArchiveChanged("the archive changed during the request; retry")
 
+    def scrub_results(self) -> dict[str, dict[str, Any]]:
+        """The latest `blockframe health` outcome per object directory: {at, status,
+        margin}."""
+        from blockframe.health import State
+
+        objects, _ = State(self.archive.root).load()
+        return {d: f.last.to_dict() for d, f in objects.items() if f.last is not None}
+
     def last_scrub(self) -> str | None:
         """When ``blockframe health`` last verified an object of this archive, if ever."""
         from blockframe.health import State
@@ -470,7 +478,8 @@ class Server:
 
     async def list_files(self, request: Request) -> Response:
         entries = await run_in_threadpool(self.catalog.entries)
-        return JSONResponse([e.summary() for e in entries])
+        scrubs = await run_in_threadpool(self.catalog.scrub_results)
+        return JSONResponse([{**e.summary(), "scrub": scrubs.get(e.path.name)} for e in entries])
 
     async def files(self, request: Request) -> Response:
         target = await run_in_threadpool(self.catalog.resolve, request.path_params["rest"])

@@ -71,9 +71,19 @@ async function download(link, file) {
 function fileRow(file, label) {
   const row = el("div", "row file");
   row.dataset.name = file.name;
+  // The latest scrub says more than the manifest status: healthy / repaired / damaged, and
+  // how many more shards per stripe may fail (the margin).
+  const scrub = file.scrub;
+  let text = file.status, kind = file.status === "ok" ? "ok" : "other", title = "not scrubbed yet";
+  if (scrub) {
+    text = scrub.status + (scrub.margin === null ? "" : " · margin " + scrub.margin);
+    kind = scrub.status === "healthy" || scrub.status === "repaired" ? "ok" : "bad";
+    title = "last scrub " + new Date(scrub.at).toLocaleString();
+  }
+  const status = el("span", "status " + kind, text);
+  status.title = title;
   row.append(el("span", "name", label), el("span", "size", formatSize(file.size)),
-             el("span", "tier", String(file.tier)),
-             el("span", "status " + (file.status === "ok" ? "ok" : "other"), file.status));
+             el("span", "tier", String(file.tier)), status);
   const get = el("span", "get");
   const a = el("a", "", "Download");
   a.href = fileUrl(file.name);
