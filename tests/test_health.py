@@ -365,6 +365,28 @@ def test_unusable_and_superseded_objects(env: Env) -> None:
     assert older.exists() and newer.exists()
 
 
+@pytest.mark.parametrize("tier", [1, 2, 3])
+def test_object_without_any_manifest_is_unusable_not_a_stray(env: Env, tier: int) -> None:
+    """Found by the torture suite (seed 1000): with both manifest copies deleted, the
+    shards can no longer be verified; health must say so and exit 1."""
+    objs = commit_tiers(env)
+    path, _ = objs[tier]
+    (path / MANIFEST).unlink()
+    (path / REPLICA).unlink()
+    before = archive_files(env)
+    code, doc = health(env)
+    assert code == 1
+    by_dir = {o["directory"]: o for o in doc["objects"]}
+    assert by_dir[path.name]["status"] == "unusable"
+    assert "no usable manifest" in by_dir[path.name]["problem"]
+    assert path.name not in {s["path"] for s in doc["strays"]}
+    assert archive_files(env) == before  # nothing written, nothing removed
+    # A directory that is not shaped like an object is still only a stray.
+    (env.archive_dir / "holiday_photos").mkdir()
+    code, doc = health(env)
+    assert "holiday_photos" in {s["path"] for s in doc["strays"]}
+
+
 # -- dry run ---------------------------------------------------------------------------
 
 

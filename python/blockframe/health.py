@@ -305,6 +305,17 @@ class Plan:
         return total
 
 
+_OBJECT_DIR = re.compile(r".+_[0-9a-f]{16}")
+_SHARD_LAYOUT = ("data.dat", "segments", "blocks", "parity")
+
+
+def _looks_like_object(path: Path) -> bool:
+    """A ``<name>_<16 hex>`` directory holding our shard layout (DESIGN §5)."""
+    return bool(_OBJECT_DIR.fullmatch(path.name)) and any(
+        os.path.lexists(path / part) for part in _SHARD_LAYOUT
+    )
+
+
 def _kind(mode: int) -> Literal["file", "directory", "symlink", "other"]:
     if stat.S_ISLNK(mode):
         return "symlink"
@@ -376,10 +387,16 @@ class Health:
                 continue  # vanished while listing
             if not stat.S_ISDIR(mode):
                 plan.strays.append(Stray(name, _kind(mode)))
-            elif not (os.path.lexists(path / MANIFEST) or os.path.lexists(path / REPLICA)):
-                plan.strays.append(Stray(name, "directory"))
-            else:
+            elif (
+                os.path.lexists(path / MANIFEST)
+                or os.path.lexists(path / REPLICA)
+                or _looks_like_object(path)
+            ):
+                # An object that lost both manifest copies is still ours: it is reported
+                # unusable (exit 1), never passed over as a stray.
                 plan.objects.append(name)
+            else:
+                plan.strays.append(Stray(name, "directory"))
         plan.superseded = self._superseded(plan.objects)
         older_than = self.options.older_than
         for d in plan.objects:

@@ -1,0 +1,921 @@
+"""The torture engine: a seeded, reproducible randomized loop over a small-geometry archive.
+
+Every step is chosen by ``random.Random(seed)``: commit a file, SIGKILL a ``blockframe commit``
+or ``blockframe health`` subprocess, damage shards or manifests (within or beyond parity),
+read through ``Archive.open().read``, ``blockframe restore -o -``, a real FUSE mount and a
+real ``blockframe serve``, and run ``blockframe health`` (sometimes ``--dry-run``).
+
+The oracle is a model of the damage computed from the files themselves: every file of every
+object is snapshotted right after its commit, and a chunk position of a stripe is *lost* when
+more shards than there are parity shards differ from their snapshot there. Then, at every step:
+
+- every byte returned (by any reader) is the original byte; a read may fail only for an object
+  whose damage is beyond parity (or whose two manifest copies are both damaged);
+- no file of an object is ever rewritten into anything but its original bytes ("never worse");
+- ``health`` exits 0 and leaves every file byte-identical to its snapshot when all damage is
+  within parity; exits 1 naming every object with damage beyond parity, and never writes
+  wrong bytes into it; ``--dry-run`` changes nothing and exits 1 iff any damage exists;
+- after a crash, ``list --json`` shows only complete objects, each restoring byte-identically,
+  and ``health`` removes the leftovers (made older than an hour with ``os.utime``).
+
+Any violation raises :class:`TortureFailure` whose message starts with ``seed=S step=N`` so
+``scripts/torture --seed S`` reproduces it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from blockframe.archive import Archive
+from blockframe.errors import IntegrityError, NotFoundError
+
+TESTS = Path(__file__).resolve().parent.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from conftest import CONFIG_TOML, SMALL, data  # noqa: E402
+
+PARITY = SMALL.parity_shards
+CHUNK = SMALL.chunk_size
+MANIFESTS = ("manifest.json", "manifest.replica.json")
+HOUR = 3600
+
+
+class TortureFailure(AssertionError):
+    pass
+
+
+def fuse_available() -> bool:
+    return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set of a process in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Obj:
+    name: str
+    src: Path
+    content: bytes
+    dirname: str
+    geometry: list[list[tuple[str, int]]]  # stripes -> [(rel path, size)], data then parity
+    ndata: list[int]
+    orig: dict[str, bytes]  # every file of the object right after commit
+    state: dict[str, bytes | None] = field(default_factory=dict)  # last known (None: missing)
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    commits: int = 0
+    crashes: int = 0
+    shards_damaged: int = 0
+    manifests_damaged: int = 0
+    beyond_parity_objects: int = 0
+    reads: int = 0
+    reads_refused: int = 0
+    bytes_verified: int = 0
+    repairs: int = 0  # damaged files observed back to their original bytes
+    health_runs: int = 0
+    mounts: int = 0
+    servers: int = 0
+    headless_unusable: int = 0
+    wrong_bytes: int = 0
+    recoverable_lost: int = 0
+    peak_rss_mount: int = 0
+    peak_rss_server: int = 0
+
+    def merge(self, other: Stats) -> None:
+        for k, v in vars(other).items():
+            if k == "actions":
+                self.actions.update(v)
+            elif k.startswith("peak_"):
+                setattr(self, k, max(getattr(self, k), v))
+            else:
+                setattr(self, k, getattr(self, k) + v)
+
+    def summary(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["actions"] = dict(sorted(self.actions.items()))
+        return d
+
+
+class Engine:
+    def __init__(
+        self,
+        seed: int,
+        root: Path,
+        *,
+        log: Callable[[str], None] | None = None,
+        mount_every: int = 25,
+        serve_every: int = 25,
+        max_objects: int = 10,
+        max_size: int = 260_000,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.root = root
+        self.step = 0
+        self.log_fn = log or (lambda s: None)
+        self.mount_every = mount_every
+        self.serve_every = serve_every
+        self.max_objects = max_objects
+        self.max_size = max_size
+        self.stats = Stats()
+        self.objects: dict[str, Obj] = {}
+        self.counter = 0
+        self.commit_time = 0.5
+        self.health_time = 0.5
+        self.restore_time = 0.5
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.toml").write_text(CONFIG_TOML)
+        self.archive_dir = root / "archive"
+        self.archive = Archive(self.archive_dir, SMALL)
+        self.environ = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("BLOCKFRAME_CONFIG", "BLOCKFRAME_TOKEN")
+        }
+        self.environ["XDG_CONFIG_HOME"] = str(root / "xdg")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        self.log_fn(f"seed={self.seed} step={self.step} {msg}")
+
+    def check(self, cond: object, msg: str) -> None:
+        if not cond:
+            raise TortureFailure(
+                f"seed={self.seed} step={self.step} {msg} "
+                f"(reproduce: scripts/torture --seed {self.seed})"
+            )
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "blockframe", *args],
+            cwd=self.root,
+            env=self.environ,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def popen(self, *args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "blockframe", *args],
+            cwd=self.root,
+            env=self.environ,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+    def odir(self, o: Obj) -> Path:
+        return self.archive_dir / o.dirname
+
+    def read_state(self, o: Obj) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for rel in o.orig:
+            try:
+                out[rel] = (self.odir(o) / rel).read_bytes()
+            except FileNotFoundError:
+                out[rel] = None
+        return out
+
+    def bad_chunks(self, o: Obj, rel: str, cur: bytes | None) -> set[int]:
+        orig = o.orig[rel]
+        n = -(-len(orig) // CHUNK)
+        if cur is None:
+            return set(range(n))
+        bad = {
+            p
+            for p in range(n)
+            if cur[p * CHUNK : (p + 1) * CHUNK] != orig[p * CHUNK : (p + 1) * CHUNK]
+        }
+        if len(cur) > len(orig):
+            bad |= set(range(n))  # oversized: the shard as a whole is suspect
+        return bad
+
+    def damaged_files(self, o: Obj) -> list[str]:
+        return [rel for rel, cur in o.state.items() if cur != o.orig[rel]]
+
+    def lost(self, o: Obj) -> bool:
+        """Beyond parity: both manifest copies damaged, or a chunk position of a stripe with
+        more bad shards than parity shards."""
+        if all(o.state[m] != o.orig[m] for m in MANIFESTS):
+            return True
+        for stripe in o.geometry:
+            per_pos: Counter[int] = Counter()
+            for rel, _size in stripe:
+                for p in self.bad_chunks(o, rel, o.state[rel]):
+                    per_pos[p] += 1
+            if any(c > PARITY for c in per_pos.values()):
+                return True
+        return False
+
+    def unusable(self, o: Obj) -> bool:
+        return all(o.state[m] != o.orig[m] for m in MANIFESTS)
+
+    def bad_shards_in_stripe(self, o: Obj, si: int) -> set[str]:
+        return {rel for rel, _ in o.geometry[si] if o.state[rel] != o.orig[rel]}
+
+    def observe(self, what: str) -> None:
+        """Never worse: every file is either its original bytes or unchanged since last seen."""
+        for o in self.objects.values():
+            cur = self.read_state(o)
+            for rel, now in cur.items():
+                before = o.state[rel]
+                if now == before:
+                    continue
+                self.check(
+                    now == o.orig[rel],
+                    f"after {what}: {o.name}/{rel} rewritten into bytes that are neither the "
+                    f"original nor the previous state (lost={self.lost(o)})",
+                )
+                self.stats.repairs += 1
+            o.state = cur
+
+    def expect_bytes(self, o: Obj, offset: int, got: bytes, via: str) -> None:
+        want = o.content[offset : offset + len(got)]
+        if got != want:
+            wrong = sum(1 for a, b in zip(got, want, strict=False) if a != b) + abs(
+                len(got) - len(want)
+            )
+            self.stats.wrong_bytes += wrong
+            self.check(
+                False, f"{via}: {o.name} [{offset}, +{len(got)}) returned {wrong} wrong bytes"
+            )
+        self.stats.bytes_verified += len(got)
+
+    def refused(self, o: Obj, via: str, detail: object) -> None:
+        lost = self.lost(o)
+        if not lost:
+            self.stats.recoverable_lost += 1
+        self.check(lost, f"{via}: {o.name} refused a read with damage within parity: {detail!r}")
+        self.stats.reads_refused += 1
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def new_file(self) -> tuple[str, Path, bytes]:
+        self.counter += 1
+        tier = self.rng.choice((1, 1, 2, 2, 3))
+        lo, hi = {
+            1: (1, SMALL.tier1_max - 1),
+            2: (SMALL.tier1_max, SMALL.tier2_max - 1),
+            3: (SMALL.tier2_max, self.max_size),
+        }[tier]
+        if self.rng.random() < 0.3:  # sizes at and around chunk/segment boundaries
+            base = self.rng.choice(
+                (CHUNK, SMALL.segment_size, SMALL.segment_size * SMALL.block_segments)
+            )
+            size = max(lo, min(hi, base * self.rng.randint(1, 12) + self.rng.randint(-1, 1)))
+        else:
+            size = self.rng.randint(lo, hi)
+        name = f"d{self.counter % 3}/f{self.counter}-t{tier}.bin"
+        content = data(size, seed=self.seed * 100_003 + self.counter)
+        src = self.root / "src" / name.replace("/", "_")
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_bytes(content)
+        return name, src, content
+
+    def adopt(self, name: str, src: Path, content: bytes) -> Obj:
+        entry = self.archive.get(name)
+        m = entry.manifest
+        geometry = [[(s.path, s.size) for s in st.shards] for st in m.stripes]
+        rels = [rel for st in geometry for rel, _ in st] + list(MANIFESTS)
+        orig = {rel: (entry.path / rel).read_bytes() for rel in rels}
+        o = Obj(
+            name, src, content, entry.path.name, geometry, [len(st.data) for st in m.stripes], orig
+        )
+        o.state = dict(orig)
+        self.objects[name] = o
+        return o
+
+    def retire(self, o: Obj, why: str) -> None:
+        self.log(f"retire {o.name} ({why})")
+        shutil.rmtree(self.odir(o))
+        del self.objects[o.name]
+
+    def act_commit(self) -> None:
+        name, src, content = self.new_file()
+        self.log(f"action=commit name={name} size={len(content)}")
+        t = time.perf_counter()
+        if self.rng.random() < 0.25 or self.stats.commits == 0:
+            r = self.cli("commit", "-f", str(src), "--name", name)
+            self.check(r.returncode == 0, f"commit failed: {r.stderr!r}")
+            self.commit_time = time.perf_counter() - t
+        else:
+            self.archive.commit(src, name)
+        self.stats.commits += 1
+        o = self.adopt(name, src, content)
+        self.check(
+            self.archive.open(name).read(0, len(content)) == content,
+            "fresh commit reads back wrong",
+        )
+        self.stats.bytes_verified += len(content)
+        del o
+
+    def listing(self) -> dict[str, dict[str, Any]]:
+        r = self.cli("list", "--json")
+        self.check(r.returncode == 0, f"list --json failed: {r.stderr!r}")
+        doc = json.loads(r.stdout)
+        return {x["name"]: x for x in doc["objects"]}
+
+    def act_crash_commit(self) -> None:
+        name, src, content = self.new_file()
+        delay = self.rng.uniform(0.0, self.commit_time * 1.2)
+        self.log(f"action=crash-commit name={name} size={len(content)} delay={delay:.3f}")
+        proc = self.popen("commit", "-f", str(src), "--name", name)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+        self.stats.crashes += code == -signal.SIGKILL
+        listed = self.listing()
+        self.check(
+            set(listed) - {o.name for o in self.objects.values()} <= {name},
+            f"list shows unknown objects after crash: {sorted(listed)}",
+        )
+        visible = [p.name for p in self.archive_dir.iterdir() if not p.name.startswith(".")]
+        if name in listed:
+            r = self.cli("restore", name, "-o", "-")
+            self.check(
+                r.returncode == 0, f"crashed-but-listed {name} does not restore: {r.stderr!r}"
+            )
+            self.expect_bytes_raw(name, content, r.stdout)
+            self.adopt(name, src, content)
+        else:
+            known_dirs = {o.dirname for o in self.objects.values()}
+            self.check(
+                set(visible) <= known_dirs,
+                f"crash left a visible partial object: {sorted(set(visible) - known_dirs)}",
+            )
+
+    def expect_bytes_raw(self, name: str, want: bytes, got: bytes) -> None:
+        if got != want:
+            self.stats.wrong_bytes += max(
+                1, sum(1 for a, b in zip(got, want, strict=False) if a != b)
+            )
+            self.check(False, f"{name}: restored bytes differ from the source")
+        self.stats.bytes_verified += len(got)
+
+    def pick(self) -> Obj | None:
+        if not self.objects:
+            return None
+        return self.objects[self.rng.choice(sorted(self.objects))]
+
+    def damage_file(self, o: Obj, rel: str, kind: str, offset: int | None = None) -> None:
+        p = self.odir(o) / rel
+        if not p.exists():
+            return
+        raw = bytearray(p.read_bytes())
+        n = len(raw)
+        off = offset if offset is not None else self.rng.randrange(max(1, n))
+        if kind == "flip" and n:
+            raw[off % n] ^= 1 << self.rng.randrange(8)
+            p.write_bytes(bytes(raw))
+        elif kind == "truncate":
+            with open(p, "r+b") as f:
+                f.truncate(min(off, max(0, n - 1)))
+        elif kind == "delete":
+            p.unlink()
+        elif kind == "zero" and n:
+            off %= n
+            length = self.rng.randint(1, 3 * CHUNK)
+            end = min(n, off + length)
+            if raw[off:end] == bytes(end - off):  # already zero: flip instead
+                raw[off % n] ^= 0x80
+            else:
+                raw[off:end] = bytes(end - off)
+            p.write_bytes(bytes(raw))
+        elif kind == "garbage" and n:
+            for i in range(off % 7, n, 7):
+                raw[i] ^= 0xA5
+            p.write_bytes(bytes(raw))
+
+    def act_damage(self, beyond: bool, o: Obj | None = None) -> None:
+        o = o or self.pick()
+        if o is None:
+            return
+        si = self.rng.randrange(len(o.geometry))
+        stripe = [rel for rel, _ in o.geometry[si]]
+        kinds = ("flip", "truncate", "delete", "zero", "garbage", "swap")
+        already = self.bad_shards_in_stripe(o, si)
+        lost_before = self.lost(o)
+        if beyond:
+            count = min(len(stripe), PARITY + 1)
+            targets = self.rng.sample(stripe, count)
+            kind = self.rng.choice(("flip", "delete", "zero", "truncate"))
+            shared = self.rng.randrange(
+                max(1, min((o.orig[t] and len(o.orig[t])) or 1 for t in targets))
+            )
+            self.log(
+                f"action=damage-beyond name={o.name} stripe={si} kind={kind} "
+                f"shards={targets} at={shared}"
+            )
+            for t in targets:
+                self.damage_file(o, t, kind, shared)
+        else:
+            room = PARITY - len(already)
+            if room <= 0:
+                self.log(f"action=damage-within name={o.name} stripe={si} skipped (no room)")
+                return
+            kind = self.rng.choice(kinds)
+            equal = [
+                (a, b)
+                for i, (a, sa) in enumerate(o.geometry[si])
+                for (b, sb) in o.geometry[si][i + 1 :]
+                if sa == sb and a not in already and b not in already
+            ]
+            if kind == "swap" and room >= 2 and equal:
+                a, b = self.rng.choice(equal)
+                self.log(
+                    f"action=damage-within name={o.name} stripe={si} kind=swap shards={[a, b]}"
+                )
+                pa, pb, tmp = self.odir(o) / a, self.odir(o) / b, self.odir(o) / "swap.tmp"
+                if pa.exists() and pb.exists():
+                    os.rename(pa, tmp)
+                    os.rename(pb, pa)
+                    os.rename(tmp, pb)
+            else:
+                kind = "flip" if kind == "swap" else kind
+                free = [r for r in stripe if r not in already]
+                targets = self.rng.sample(free, self.rng.randint(1, min(room, len(free))))
+                self.log(
+                    f"action=damage-within name={o.name} stripe={si} kind={kind} shards={targets}"
+                )
+                for t in targets:
+                    self.damage_file(o, t, kind)
+        before = {r for r, c in o.state.items() if c != o.orig[r]}
+        o.state = self.read_state(o)
+        after = {r for r, c in o.state.items() if c != o.orig[r]}
+        self.stats.shards_damaged += len(after - before)
+        if self.lost(o) and not lost_before:
+            self.stats.beyond_parity_objects += 1
+        self.check(
+            beyond or lost_before or not self.lost(o),
+            f"engine bug: within-parity damage of {o.name} is beyond",
+        )
+
+    def act_damage_manifest(self) -> None:
+        o = self.pick()
+        if o is None:
+            return
+        both = self.rng.random() < 0.2
+        lost_before = self.lost(o)
+        copies = list(MANIFESTS) if both else [self.rng.choice(MANIFESTS)]
+        kind = self.rng.choice(("flip", "truncate", "delete", "zero", "garbage"))
+        self.log(f"action=damage-manifest name={o.name} copies={copies} kind={kind}")
+        for c in copies:
+            self.damage_file(o, c, kind)
+        before = o.state
+        o.state = self.read_state(o)
+        self.stats.manifests_damaged += sum(o.state[c] != before[c] for c in copies)
+        if both and self.lost(o) and not lost_before:
+            self.stats.beyond_parity_objects += 1
+
+    def act_read(self) -> None:
+        o = self.pick()
+        if o is None:
+            return
+        off = self.rng.randrange(len(o.content))
+        size = self.rng.choice((1, 100, CHUNK, 5000, len(o.content)))
+        self.log(f"action=read name={o.name} offset={off} size={size} lost={self.lost(o)}")
+        self.stats.reads += 1
+        try:
+            got = self.archive.open(o.name).read(off, size)
+        except NotFoundError as e:  # hidden: no usable manifest copy left
+            self.check(self.unusable(o), f"Archive.open: {o.name} not found: {e}")
+            self.refused(o, "Archive.open", e)
+            return
+        except IntegrityError as e:
+            self.refused(o, "Archive.read", e)
+            return
+        self.check(len(got) == min(size, len(o.content) - off), f"short read {len(got)}")
+        self.expect_bytes(o, off, got, "Archive.read")
+
+    def act_restore(self) -> None:
+        o = self.pick()
+        if o is None:
+            return
+        self.log(f"action=restore name={o.name} lost={self.lost(o)}")
+        self.stats.reads += 1
+        r = self.cli("restore", o.name, "-o", "-")
+        if r.returncode != 0:
+            self.check(
+                not r.stdout or len(r.stdout) < len(o.content), "failed restore wrote everything"
+            )
+            last = r.stderr.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            self.check(
+                last.startswith(b"blockframe: error:") and b"Traceback" not in r.stderr,
+                f"restore failure is not a one-line error: {r.stderr!r}",
+            )
+            self.refused(o, "restore", r.stderr)
+            # whatever was streamed before the failure is still verified bytes
+            self.expect_bytes(o, 0, r.stdout, "restore (partial)")
+            return
+        self.expect_bytes_raw(o.name, o.content, r.stdout)
+
+    def age_leftovers(self) -> None:
+        past = time.time() - 2 * HOUR
+        for base in (self.archive_dir / ".staging", self.archive_dir / ".trash"):
+            if base.is_dir():
+                for p in base.rglob("*"):
+                    os.utime(p, (past, past), follow_symlinks=False)
+                for p in base.iterdir():
+                    os.utime(p, (past, past), follow_symlinks=False)
+        for o in self.objects.values():
+            for p in self.odir(o).rglob(".*"):
+                os.utime(p, (past, past), follow_symlinks=False)
+
+    def act_health(self, dry_run: bool | None = None, age: bool | None = None) -> None:
+        if dry_run is None:
+            dry_run = self.rng.random() < 0.3
+        if age is None:
+            age = self.rng.random() < 0.7
+        if age:
+            self.age_leftovers()
+        lost = {o.name for o in self.objects.values() if self.lost(o)}
+        damaged = {o.name for o in self.objects.values() if self.damaged_files(o)}
+        self.log(
+            f"action=health dry_run={dry_run} aged={age} lost={sorted(lost)} "
+            f"damaged={sorted(damaged)}"
+        )
+        before = {o.name: dict(o.state) for o in self.objects.values()}
+        t = time.perf_counter()
+        r = self.cli("health", "--json", *(("--dry-run",) if dry_run else ()))
+        self.health_time = time.perf_counter() - t
+        self.stats.health_runs += 1
+        self.check(r.returncode in (0, 1), f"health exit {r.returncode}: {r.stderr!r}")
+        doc = json.loads(r.stdout)
+        by_dir = {x["directory"].rstrip("/").rsplit("/", 1)[-1]: x for x in doc["objects"]}
+        strays = {x["path"] for x in doc["strays"]}
+        # An object directory whose two manifest copies are both gone cannot be verified any
+        # more: health must report it unusable and exit 1 (found by this suite, seed 1000).
+        headless = {
+            o.name for o in self.objects.values() if all(o.state[m] is None for m in MANIFESTS)
+        }
+        counted = lost | headless | (damaged if dry_run else set())
+        want = {1} if counted else {0}
+        self.check(
+            r.returncode in want,
+            f"health exit {r.returncode}, expected {want} (lost={sorted(lost)}, "
+            f"damaged={sorted(damaged)}, headless={sorted(headless)}): "
+            f"{[(k, v['status']) for k, v in by_dir.items() if v['status'] != 'healthy']}",
+        )
+        self.stats.headless_unusable += len(headless)
+        for o in list(self.objects.values()):
+            rep = by_dir.get(o.dirname)
+            if o.name in headless:
+                self.check(
+                    rep is not None and rep["status"] == "unusable",
+                    f"{o.dirname} without manifests not reported unusable: {rep}",
+                )
+                self.check(o.dirname not in strays, f"{o.dirname} called a stray")
+                continue
+            self.check(
+                rep is not None,
+                f"health did not report {o.dirname}: {sorted(by_dir)} "
+                f"skipped={doc['skipped']} strays={doc['strays']}",
+            )
+            assert rep is not None
+            if o.name in lost:
+                self.check(
+                    rep["status"] in ("damaged", "unusable"), f"{o.name} lost but {rep['status']}"
+                )
+            elif o.name in damaged:
+                want_status = "damaged" if dry_run else "repaired"
+                self.check(
+                    rep["status"] == want_status,
+                    f"{o.name} within parity but {rep['status']}: {rep}",
+                )
+                self.check(
+                    not rep["lost"], f"{o.name}: within-parity damage reported lost: {rep['lost']}"
+                )
+            else:
+                self.check(rep["status"] == "healthy", f"{o.name} undamaged but {rep['status']}")
+        known = {o.dirname for o in self.objects.values() if o.name in headless}
+        self.check(strays <= known, f"unexpected strays: {sorted(strays - known)}")
+        if dry_run:
+            for o in self.objects.values():
+                self.check(self.read_state(o) == before[o.name], f"--dry-run changed {o.name}")
+        else:
+            self.observe("health")
+            for o in list(self.objects.values()):
+                if o.name in lost:
+                    self.retire(o, "beyond parity, reported by health")
+                else:
+                    bad = self.damaged_files(o)
+                    self.check(not bad, f"health exit 0 but {o.name} still differs: {bad}")
+            if age:
+                staging = self.archive_dir / ".staging"
+                left = list(staging.iterdir()) if staging.is_dir() else []
+                self.check(not left, f"aged staging leftovers not removed: {left}")
+            else:
+                for lo in doc["leftovers"]:
+                    self.check(lo["action"] in ("removed", "kept-recent"), f"leftover {lo}")
+
+    def act_crash_restore(self) -> None:
+        o = self.pick()
+        if o is None:
+            return
+        out = self.root / "restored.out"
+        out.unlink(missing_ok=True)
+        delay = self.rng.uniform(0.0, self.restore_time * 1.2)
+        self.log(f"action=crash-restore name={o.name} delay={delay:.3f} lost={self.lost(o)}")
+        t = time.perf_counter()
+        proc = self.popen("restore", o.name, "-o", str(out))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+        if code != -signal.SIGKILL:
+            self.restore_time = time.perf_counter() - t
+        self.stats.crashes += code == -signal.SIGKILL
+        if out.exists():
+            # (a kill after the final rename is fine: the output is complete)
+            self.expect_bytes_raw(o.name, o.content, out.read_bytes())
+            out.unlink()
+        else:
+            self.check(code != 0 or self.lost(o), f"restore exit 0 without output of {o.name}")
+        strays = [p.name for p in self.root.iterdir() if p.name.startswith(".restored")]
+        self.check(not strays, f"killed restore left {strays}")
+
+    def act_crash_health(self) -> None:
+        if not any(self.damaged_files(o) for o in self.objects.values()):
+            self.act_damage(beyond=False)
+        delay = self.rng.uniform(0.0, self.health_time * 1.2)
+        self.log(f"action=crash-health delay={delay:.3f}")
+        proc = self.popen("health")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+        self.stats.crashes += code == -signal.SIGKILL
+        self.observe("killed health")
+
+    # -- mount and server --------------------------------------------------------------------
+
+    def ranges(self, o: Obj) -> list[tuple[int, int]]:
+        out = []
+        for _ in range(self.rng.randint(1, 4)):
+            off = self.rng.randrange(len(o.content))
+            out.append((off, self.rng.choice((1, 4096, 10_000, len(o.content)))))
+        return out
+
+    def act_mount(self) -> None:
+        if not fuse_available() or not self.objects:
+            return
+        mnt = self.root / "mnt"
+        mnt.mkdir(exist_ok=True)
+        self.log("action=mount")
+        logf = open(self.root / "mount.log", "ab")  # noqa: SIM115
+        proc = self.popen("mount", "-m", str(mnt), stderr=logf)
+        deadline = time.monotonic() + 20
+        try:
+            while not os.path.ismount(mnt):
+                self.check(
+                    proc.poll() is None and time.monotonic() < deadline, "mount did not come up"
+                )
+                time.sleep(0.05)
+            self.stats.mounts += 1
+            for _ in range(self.rng.randint(3, 10)):
+                o = self.pick()
+                assert o is not None
+                for off, size in self.ranges(o):
+                    self.stats.reads += 1
+                    try:
+                        with open(mnt / o.name, "rb", buffering=0) as f:
+                            f.seek(off)
+                            got = b""
+                            while len(got) < size:
+                                piece = f.read(size - len(got))
+                                if not piece:
+                                    break
+                                got += piece
+                    except OSError as e:
+                        allowed = (errno.EIO, errno.ENOENT) if self.unusable(o) else (errno.EIO,)
+                        self.check(e.errno in allowed, f"mount read error {e!r}")
+                        self.refused(o, "mount", e)
+                        continue
+                    self.check(len(got) == min(size, len(o.content) - off), "mount short read")
+                    self.expect_bytes(o, off, got, "mount")
+            self.stats.peak_rss_mount = max(self.stats.peak_rss_mount, vm_hwm(proc.pid))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
+            logf.close()
+        self.check(code == 0, f"mount exited {code}")
+        self.observe("mount")
+
+    def start_server(self) -> tuple[subprocess.Popen[bytes], str, Path]:
+        logp = self.root / f"serve-{self.step}.log"
+        logf = open(logp, "wb")  # noqa: SIM115
+        proc = self.popen("serve", "-p", "0", stderr=logf)
+        logf.close()
+        deadline = time.monotonic() + 20
+        while True:
+            text = logp.read_text(errors="replace")
+            if "serving " in text and " at http://" in text:
+                line = next(x for x in text.splitlines() if " at http://" in x)
+                return proc, line.split(" at ", 1)[1].split()[0], logp
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                self.check(False, f"server did not come up: {text}")
+            time.sleep(0.05)
+
+    def stop_server(self, proc: subprocess.Popen[bytes], logp: Path) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        text = logp.read_text(errors="replace")
+        self.check(code == 0, f"server exited {code}")
+        self.check("Traceback" not in text, f"server logged a traceback: {text[-2000:]}")
+        logp.unlink()
+
+    def http_read(self, c: httpx.Client, o: Obj, off: int, size: int) -> None:
+        self.stats.reads += 1
+        url = "/api/files/" + o.name
+        end = off + size - 1
+        got = b""
+        try:
+            with c.stream("GET", url, headers={"Range": f"bytes={off}-{end}"}) as r:
+                if r.status_code >= 500:
+                    self.refused(o, "http", r.status_code)
+                    return
+                self.check(r.status_code == 206, f"http status {r.status_code} for a valid range")
+                for piece in r.iter_raw():
+                    got += piece
+        except httpx.RemoteProtocolError as e:  # stream cut at damage found mid-way
+            self.refused(o, "http (stream cut)", e)
+            self.expect_bytes(o, off, got, "http (partial)")
+            return
+        self.check(len(got) == min(size, len(o.content) - off), f"http short body {len(got)}")
+        self.expect_bytes(o, off, got, "http")
+
+    def act_serve(self) -> None:
+        if not self.objects:
+            return
+        self.log("action=serve")
+        proc, url, logp = self.start_server()
+        self.stats.servers += 1
+        try:
+            with httpx.Client(base_url=url, timeout=20) as c:
+                listed = {x["name"] for x in c.get("/api/files").json()}
+                usable = {
+                    o.name
+                    for o in self.objects.values()
+                    if not all(o.state[m] != o.orig[m] for m in MANIFESTS)
+                }
+                self.check(
+                    usable <= listed, f"server lists {sorted(listed)}, expected {sorted(usable)}"
+                )
+                for _ in range(self.rng.randint(3, 10)):
+                    o = self.pick()
+                    assert o is not None
+                    if o.name not in listed:
+                        continue
+                    for off, size in self.ranges(o):
+                        self.http_read(c, o, off, size)
+            self.stats.peak_rss_server = max(self.stats.peak_rss_server, vm_hwm(proc.pid))
+        finally:
+            self.stop_server(proc, logp)
+        self.observe("serve")
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def one_step(self) -> None:
+        self.step += 1
+        self.stats.steps += 1
+        if len(self.objects) < 3:
+            action = "commit"
+        elif self.mount_every and self.step % self.mount_every == 0:
+            action = "mount"
+        elif self.serve_every and self.step % self.serve_every == self.serve_every // 2:
+            action = "serve"
+        else:
+            action = self.rng.choices(
+                (
+                    "commit",
+                    "crash-commit",
+                    "damage-within",
+                    "damage-beyond",
+                    "damage-manifest",
+                    "read",
+                    "restore",
+                    "health",
+                    "crash-health",
+                    "crash-restore",
+                ),
+                weights=(10, 6, 20, 5, 5, 20, 8, 10, 3, 3),
+            )[0]
+        self.stats.actions[action] += 1
+        if action == "commit":
+            if len(self.objects) >= self.max_objects:
+                o = self.pick()
+                assert o is not None
+                self.retire(o, "archive full")
+            self.act_commit()
+            self.observe("commit")
+        elif action == "crash-commit":
+            self.act_crash_commit()
+            self.observe("crash-commit")  # list/restore repair a bad manifest copy
+        elif action == "damage-within":
+            self.act_damage(beyond=False)
+        elif action == "damage-beyond":
+            self.act_damage(beyond=True)
+        elif action == "damage-manifest":
+            self.act_damage_manifest()
+        elif action == "read":
+            self.act_read()
+            self.observe("read")
+        elif action == "restore":
+            self.act_restore()
+            self.observe("restore")
+        elif action == "health":
+            self.act_health()
+        elif action == "crash-health":
+            self.act_crash_health()
+        elif action == "crash-restore":
+            self.act_crash_restore()
+            self.observe("crash-restore")
+        elif action == "mount":
+            self.act_mount()
+        elif action == "serve":
+            self.act_serve()
+
+    def finish(self) -> None:
+        """Final oracle: a full health (leftovers aged) brings the archive back; then every
+        remaining object restores byte-identically and a second health is clean."""
+        self.step += 1
+        self.act_health(dry_run=False, age=True)
+        if any(o for o in self.objects.values() if self.damaged_files(o)):
+            self.check(False, "damage left after final health")
+        self.step += 1
+        self.age_leftovers()
+        r = self.cli("health", "--json")
+        doc = json.loads(r.stdout)
+        self.check(
+            r.returncode == 0 and doc["status"] == "healthy",
+            f"second health not healthy: {doc['status']}",
+        )
+        self.check(
+            not doc["leftovers"] and not doc["strays"],
+            f"leftovers after health: {doc['leftovers']}",
+        )
+        listed = self.listing()
+        self.check(
+            set(listed) == set(self.objects),
+            f"final list {sorted(listed)} != {sorted(self.objects)}",
+        )
+        for o in self.objects.values():
+            r = self.cli("restore", o.name, "-o", "-")
+            self.check(r.returncode == 0, f"final restore of {o.name} failed: {r.stderr!r}")
+            self.expect_bytes_raw(o.name, o.content, r.stdout)
+
+    def run(self, steps: int | None = None, seconds: float | None = None) -> Stats:
+        start = time.monotonic()
+        while True:
+            if steps is not None and self.step >= steps:
+                break
+            if seconds is not None and time.monotonic() - start >= seconds:
+                break
+            try:
+                self.one_step()
+            except TortureFailure:
+                raise
+            except Exception as e:
+                raise TortureFailure(
+                    f"seed={self.seed} step={self.step} unexpected {e!r} "
+                    f"(reproduce: scripts/torture --seed {self.seed})"
+                ) from e
+        self.finish()
+        return self.stats

@@ -1,0 +1,239 @@
+"""The short torture run: fixed seeds and small step budgets of the randomized engine, a short
+load phase, and hypothesis fuzzing of the config parser and the HTTP request surface.
+
+The long run is ``scripts/torture --minutes 30`` (see RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import string
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from engine import Engine, fuse_available
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from load import run_load
+
+from blockframe.config import load_config
+from blockframe.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    logger = logging.getLogger("blockframe")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_torture_seed(seed: int, tmp_path: Path) -> None:
+    lines: list[str] = []
+    e = Engine(seed, tmp_path / "t", log=lines.append, mount_every=20, serve_every=20)
+    stats = e.run(steps=60)
+    assert stats.wrong_bytes == 0 and stats.recoverable_lost == 0
+    assert stats.steps == 60 and stats.bytes_verified > 0
+    assert all(line.startswith(f"seed={seed} step=") for line in lines)
+
+
+def test_failures_name_seed_and_step(tmp_path: Path) -> None:
+    e = Engine(77, tmp_path / "t")
+    e.step = 12
+    with pytest.raises(AssertionError, match=r"^seed=77 step=12 .*scripts/torture --seed 77"):
+        e.check(False, "boom")
+
+
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse")
+def test_load_short(tmp_path: Path) -> None:
+    out = run_load(tmp_path / "load", 6, seed=5, threads=3, procs=2, http_clients=3)
+    assert out["errors"] == []
+    assert out["bytes_verified"] > 10 * 2**20
+    assert out["health_runs"] >= 1
+    assert 0 < out["peak_rss_mount"] < 300 * 2**20
+    assert 0 < out["peak_rss_server"] < 300 * 2**20
+
+
+# -- fuzzing: the config parser -----------------------------------------------------------------
+
+KEYS = {
+    "archive": ["directory"],
+    "mount": ["default_mountpoint", "default_remote"],
+    "cache": ["max_segments", "max_size"],
+    "server": ["default_port", "host", "token", "cors_origins"],
+    "logging": ["level"],
+    "storage": [
+        "segment_size",
+        "tier1_max",
+        "tier2_max",
+        "block_segments",
+        "parity_shards",
+        "chunk_size",
+    ],
+}
+
+toml_strings = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\'), max_size=20
+)
+toml_values = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(
+        lambda i: str(i) if abs(i) < 2**63 else "1"
+    ),
+    st.sampled_from(["1.5", "nan", "inf", "-inf", "-0.0", "1e300", "0.1"]),
+    st.booleans().map(lambda b: "true" if b else "false"),
+    toml_strings.map(lambda s: f'"{s}"'),
+    st.sampled_from(
+        ['"32MiB"', '"1.5KiB"', '"10 GB"', '"-1KB"', '"0"', '"64"', '"1e3"', '"ten"', '""']
+    ),
+    st.lists(toml_strings.map(lambda s: f'"{s}"'), max_size=3).map(
+        lambda xs: "[" + ", ".join(xs) + "]"
+    ),
+    st.just("{ a = 1 }"),
+    st.just("1979-05-27T07:32:00Z"),
+)
+
+
+@st.composite
+def config_texts(draw: Any) -> str:
+    lines = []
+    for section in draw(st.lists(st.sampled_from([*KEYS, "extra"]), max_size=4, unique=True)):
+        lines.append(f"[{section}]")
+        keys = KEYS.get(section, ["whatever"])
+        for key in draw(st.lists(st.sampled_from(keys), max_size=len(keys), unique=True)):
+            lines.append(f"{key} = {draw(toml_values)}")
+    if draw(st.booleans()):  # sometimes raw junk, anywhere
+        junk = draw(st.text(max_size=40))
+        lines.insert(draw(st.integers(0, len(lines))), junk)
+    return "\n".join(lines) + "\n"
+
+
+def _load(path: Path) -> None:
+    try:
+        load_config(path)
+    except ConfigError as e:
+        msg = str(e)
+        assert "\n" not in msg.strip() or "malformed TOML" in msg, msg
+        assert str(path) in msg, msg
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=config_texts())
+def test_fuzz_config_values(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "config.toml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    _load(path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_fuzz_config_raw_bytes(raw: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "config.toml"
+    path.write_bytes(raw)
+    _load(path)
+
+
+# -- fuzzing: the HTTP request surface ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, str]]:
+    e = Engine(11, tmp_path_factory.mktemp("http"))
+    for _ in range(5):
+        e.act_commit()
+    damaged = e.objects[sorted(e.objects)[0]]
+    e.act_damage(beyond=True, o=damaged)
+    proc, url, logp = e.start_server()
+    yield e, url
+    e.stop_server(proc, logp)
+
+
+names = st.one_of(
+    st.text(alphabet=string.printable, max_size=30),
+    st.sampled_from(["", ".", "..", "%2e%2e", "a/../b", "%00", "%2F", "//", "\\", "x" * 300]),
+)
+
+
+@st.composite
+def requests(draw: Any, known: list[str]) -> tuple[str, str, dict[str, str]]:
+    method = draw(st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]))
+    name = draw(st.one_of(st.sampled_from(known), names))
+    suffix = draw(
+        st.sampled_from(["", "", "/manifest", "/shards/0/0", "/shards/9/1", "/shards/x/-1"])
+    )
+    prefix = draw(
+        st.sampled_from(["/api/files/", "/api/files/", "/api/", "/", "/metrics", "/docs"])
+    )
+    headers = {}
+    if draw(st.booleans()):
+        a = draw(st.integers(-5, 10**6))
+        b = draw(st.integers(-5, 10**6))
+        headers["Range"] = draw(
+            st.sampled_from(
+                [
+                    f"bytes={a}-{b}",
+                    f"bytes={a}-",
+                    f"bytes=-{abs(b)}",
+                    f"bytes={a}-{b},0-1",
+                    f"items={a}-{b}",
+                    "bytes=",
+                    "bytes=--",
+                    f"bytes={a}",
+                    "bytes=99999999999999999999999-",
+                ]
+            )
+        )
+    if draw(st.booleans()):
+        headers["If-Range"] = draw(
+            st.sampled_from(['"x"', "garbage", "Wed, 21 Oct 2015 07:28:00 GMT"])
+        )
+    target = prefix + (name + suffix if prefix == "/api/files/" else "")
+    return method, target, headers
+
+
+def raw_request(port: int, method: str, target: str, headers: dict[str, str]) -> int:
+    """Send the request line as given (quoted only where HTTP forbids the byte) and read the
+    whole answer with a timeout: a hang fails the test."""
+    safe = "".join(c if 33 <= ord(c) < 127 else f"%{ord(c):02X}" for c in target)
+    head = f"{method} {safe} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall((head + "\r\n").encode("latin-1"))
+        reply = b""
+        deadline = time.monotonic() + 15
+        while chunk := s.recv(65536):
+            reply += chunk
+            assert time.monotonic() < deadline, "answer took too long"
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_fuzz_http_requests(http_engine: tuple[Engine, str]) -> None:
+    e, url = http_engine
+    port = int(url.rsplit(":", 1)[1])
+    known = sorted(e.objects)
+    lost = {o.name for o in e.objects.values() if e.lost(o)}
+    assert lost
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(req=requests(known))
+    def check(req: tuple[str, str, dict[str, str]]) -> None:
+        method, target, headers = req
+        status = raw_request(port, method, target, headers)
+        if status >= 500:
+            # Only an object damaged beyond parity may answer 5xx.
+            assert any(target.startswith(f"/api/files/{n}") for n in lost), (status, req)
+        assert status in {200, 206, 400, 404, 405, 416, 500} or status < 500, (status, req)
+
+    check()
+    with httpx.Client(base_url=url, timeout=10) as c:  # still serving, and correct
+        for o in e.objects.values():
+            if o.name not in lost:
+                assert c.get("/api/files/" + o.name).content == o.content
