@@ -32,26 +32,50 @@ class Object:
         stripes: list[tuple[list[tuple[str, int, bytes]], list[tuple[str, int, bytes]]]],
         cache: Cache | None = None,
         fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
+        store: Callable[[int, int, bytes], object] | None = None,
     ) -> None:
-        """With ``fetch(stripe, shard, start, length)``, shard bytes come from that callable
+        """Shard paths are relative to ``root``, or absolute (a shard on another volume).
+
+        With ``fetch(stripe, shard, start, length)``, shard bytes come from that callable
         (bytes or a contiguous buffer, shorter when the shard is shorter; None when missing;
-        raise when unreadable)
-        instead of files under ``root``; they are verified all the same."""
+        raise when unreadable) instead of files under ``root``; they are verified all the
+        same. Whole-shard verification asks it for one byte past a shard's end to detect
+        an oversized shard.
+
+        ``store(stripe, shard, data)`` (only with ``fetch``; a local object is repaired in
+        place) receives the complete, verified bytes of each repaired shard and should
+        replace the shard with them atomically; an exception from it fails the repair with
+        a CoreError carrying its message."""
     @property
     def size(self) -> int: ...
     def merkle_root(self) -> bytes: ...
     def read(self, offset: int, size: int) -> tuple[bytes, list[BadShard]]: ...
     def read_into(self, buffer: Buffer, offset: int) -> tuple[int, list[BadShard]]: ...
-    def verify_shard(self, stripe: int, shard: int) -> tuple[list[int], str | None]: ...
-    def repair_shard(self, stripe: int, shard: int) -> tuple[int, list[BadShard]]: ...
+    def verify_shard(self, stripe: int, shard: int) -> tuple[list[int], str | None]:
+        """(bad chunk indices, damage or None), for local and fetched objects alike."""
+    def repair_shard(self, stripe: int, shard: int) -> tuple[int, list[BadShard]]:
+        """Rebuild a damaged shard: (chunks rebuilt, other shards found bad). In place for a
+        local object, through ``store`` for a fetched one (CoreError without a store)."""
 
 def commit(
     source: str,
-    root: str,
+    roots: list[tuple[str, bool]],
     chunk_size: int,
     stripes: list[tuple[list[tuple[str, int]], list[str]]],
-    progress: object | None = None,
-) -> tuple[bytes, list[list[bytes]]]: ...
+    progress: Callable[[int], object] | None = None,
+    placement: list[list[int]] | None = None,
+) -> tuple[bytes, list[list[bytes]]]:
+    """Write the shards of ``source`` under ``roots``, a list of (directory, durable).
+
+    ``stripes`` gives, per stripe, its data shards (path, length) in file order and its
+    parity shard paths; paths are relative to their root. ``placement[stripe]`` gives the
+    root index of each shard of that stripe, data then parity; None puts every shard under
+    ``roots[0]``. Shards under a durable root are fsynced with the directories created for
+    them; shards under a non-durable root (temporary files to upload elsewhere) are only
+    written. ``progress(bytes_done)`` is called a few times a second; an exception from it
+    (or Ctrl+C) cancels. Returns the BLAKE3 hash of the file and, per stripe, the
+    concatenated chunk hashes of each shard (data then parity)."""
+
 def merkle_root(leaves: bytes) -> bytes: ...
 def blake3(data: bytes) -> bytes: ...
 def hash_file(path: str) -> bytes: ...

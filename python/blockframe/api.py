@@ -208,6 +208,10 @@ class BlockFrameArchive:
             from blockframe.remote import RemoteArchive
 
             self._remote = RemoteArchive(text, token=token)
+        elif text.startswith("s3://"):
+            from blockframe.volume_archive import open_archive_at
+
+            self._local = open_archive_at([text], storage)
         else:
             self._local = Archive(text, storage)
         self._cache = _core.Cache(CACHE_BYTES)
@@ -284,7 +288,7 @@ class BlockFrameArchive:
         from blockframe.health import Options, scrub
 
         options = Options(dry_run=dry_run, older_than=older_than, max_time=max_time)
-        return scrub(self._local.root, options)
+        return scrub(self._local, options)
 
     def close(self) -> None:
         """Release the connection of a remote archive (file objects must be closed first)."""

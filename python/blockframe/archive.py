@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from blockframe import _core, layout
 from blockframe.config import StorageConfig, check_storage
@@ -47,6 +47,9 @@ from blockframe.manifest import (
     fsync_dir,
     load,
 )
+
+if TYPE_CHECKING:
+    from blockframe.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +92,32 @@ class Entry:
     path: Path
     manifest: Manifest
     manifest_repaired: tuple[str, ...] = ()
+    # The volumes of a volume archive (None: the object is one directory, ``path``).
+    volumes: VolumeSet | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dirname(self) -> str:
+        """``<name>_<id>``: the object's directory (on every volume)."""
+        return self.path.name
 
     @property
     def status(self) -> str:
         return "manifest restored" if self.manifest_repaired else "ok"
 
+    def can_lose(self) -> int:
+        """How many more whole volumes the object can lose (0 for a one-directory archive;
+        -1 when absent volumes already took more than parity can rebuild)."""
+        if self.volumes is None:
+            return 0
+        from blockframe.volumes import can_lose
+
+        used = {sh.volume for st in self.manifest.stripes for sh in st.shards}
+        return can_lose(self.manifest, used - self.volumes.present)
+
     def summary(self) -> dict[str, str | int]:
         """What `list --json` and `GET /api/files` say of an object."""
         m = self.manifest
-        return {
+        out: dict[str, str | int] = {
             "name": self.name,
             "size": m.size,
             "tier": m.tier,
@@ -106,6 +126,9 @@ class Entry:
             "content_hash": m.content_hash,
             "created": m.created,
         }
+        if self.volumes is not None:
+            out["volumes_can_lose"] = self.can_lose()
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,20 +179,7 @@ class ArchivedObject:
         fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
     ) -> None:
         self.entry = entry
-        m = entry.manifest
-        self._core = _core.Object(
-            str(entry.path),
-            m.chunk_size,
-            [
-                (
-                    [(s.path, s.size, s.hashes) for s in st.data],
-                    [(s.path, s.size, s.hashes) for s in st.parity],
-                )
-                for st in m.stripes
-            ],
-            cache,
-            fetch,
-        )
+        self._core = core_object(entry, cache, fetch)
         self.damaged: dict[tuple[int, int], str] = {}
 
     @property
@@ -225,9 +235,17 @@ class ArchivedObject:
         repaired: list[str] = []
         failed: list[str] = []
         pending = dict(self.damaged)
+        vs = self.entry.volumes
+        absent: set[int] = set()
         while pending:
             (stripe, shard), damage = pending.popitem()
             path = self.shard(stripe, shard).path
+            volume = self.shard(stripe, shard).volume
+            if vs is not None and volume not in vs.present:
+                # A lost volume is health's to rebuild (onto a replacement or the
+                # survivors); reads were served from the other volumes.
+                absent.add(volume)
+                continue
             try:
                 chunks, more = self._core.repair_shard(stripe, shard)
             except _core.CoreError as e:
@@ -241,6 +259,12 @@ class ArchivedObject:
                 if (s2, sh2) not in self.damaged:
                     self.damaged[(s2, sh2)] = d2
                     pending[(s2, sh2)] = d2
+        for volume in sorted(absent):
+            log.warning(
+                "%s: volume %d is absent; `blockframe health` rebuilds its shards",
+                self.entry.name,
+                volume,
+            )
         return repaired, failed
 
     def chunks(self, progress: Progress | None = None) -> Iterator[bytes]:
@@ -254,6 +278,48 @@ class ArchivedObject:
             yield piece
 
 
+def core_object(
+    entry: Entry,
+    cache: _core.Cache | None = None,
+    fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
+    manifest: Manifest | None = None,
+) -> _core.Object:
+    """The core's verified reader over ``entry`` (or over ``manifest``, a new placement of
+    the same object): shard files of its directory, of its volumes, or ``fetch``."""
+    m = manifest or entry.manifest
+    vs = entry.volumes
+    store = None
+    root = str(entry.path)
+
+    def shard(si: int, j: int) -> tuple[str, int, bytes]:
+        s = m.stripes[si].shards[j]
+        return (s.path, s.size, s.hashes)
+
+    if vs is not None and fetch is None:
+        if vs.all_local(m):
+            root = "/"
+
+            def shard(si: int, j: int) -> tuple[str, int, bytes]:
+                s = m.stripes[si].shards[j]
+                return (vs.shard_path(entry.dirname, m, si, j), s.size, s.hashes)
+        else:
+            fetch, store = vs.fetcher(entry.dirname, m)
+    return _core.Object(
+        root,
+        m.chunk_size,
+        [
+            (
+                [shard(si, j) for j in range(len(st.data))],
+                [shard(si, len(st.data) + j) for j in range(len(st.parity))],
+            )
+            for si, st in enumerate(m.stripes)
+        ],
+        cache,
+        fetch,
+        store,
+    )
+
+
 class Archive:
     """An archive directory. Read-only operations never create it; commit does."""
 
@@ -265,30 +331,49 @@ class Archive:
 
     # -- index ----------------------------------------------------------------------------
 
+    @property
+    def location(self) -> str:
+        """How the archive is named in messages."""
+        return str(self.root)
+
+    @property
+    def state_root(self) -> Path:
+        """The directory whose ``.blockframe/`` holds health's freshness state."""
+        return self.root
+
     def _require(self) -> None:
         if not self.root.is_dir():
             raise ArchiveError(f"{self.root}: archive directory does not exist")
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise ArchiveError(f"{self.root}: archive directory is not readable")
+        from blockframe.volumes import check_not_member
+
+        check_not_member(self.root)
+
+    def _names(self) -> list[str]:
+        """Sorted entries of the archive directory (hidden ones included)."""
+        self._require()
+        try:
+            return sorted(os.listdir(self.root))
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
 
     def scan(self) -> Index:
         """Load every object's manifest. Bad entries (stray files and directories, damaged
         manifests, names that do not match) are recorded in ``problems`` and skipped."""
-        self._require()
         index = Index()
-        try:
-            names = sorted(os.listdir(self.root))
-        except OSError as e:
-            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
-        for dirname in names:
+        for dirname in self._names():
             if not dirname.startswith("."):
                 self._add(index, dirname)
         return index
 
+    def _load(self, dirname: str) -> Entry | None:
+        """The entry of one top-level name; None when it is not an object directory."""
+        return self._load_entry(self.root / dirname)
+
     def _add(self, index: Index, dirname: str) -> None:
-        path = self.root / dirname
         try:
-            entry = self._load_entry(path)
+            entry = self._load(dirname)
         except (ManifestError, OSError) as e:
             index.problems.append(Problem(dirname, str(e)))
             return
@@ -301,7 +386,7 @@ class Archive:
             # the new object and removing the old one. The newer one wins.
             newer, older = sorted((entry, other), key=lambda e: e.manifest.created, reverse=True)
             index.problems.append(
-                Problem(older.path.name, f"older copy of {entry.name!r} (superseded)")
+                Problem(older.dirname, f"older copy of {entry.name!r} (superseded)")
             )
             entry = newer
         index.entries[entry.name] = entry
@@ -326,17 +411,11 @@ class Archive:
     def find(self, name: str) -> Entry | None:
         """The object called ``name``, loading only the manifests of directories whose
         name could hold it (not the whole archive)."""
-        self._require()
         prefix = dirname_for(name, "")
         index = Index()
-        try:
-            candidates = sorted(
-                d
-                for d in os.listdir(self.root)
-                if d.startswith(prefix) and len(d) == len(prefix) + 16
-            )
-        except OSError as e:
-            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
+        candidates = [
+            d for d in self._names() if d.startswith(prefix) and len(d) == len(prefix) + 16
+        ]
         for dirname in candidates:
             self._add(index, dirname)
         return index.entries.get(name)
@@ -383,7 +462,7 @@ class Archive:
         src = Path(source)
         size = check_source(src)
         name = validate_name(name if name is not None else src.name)
-        existing = self.find(name) if self.root.is_dir() else None
+        existing = self.find(name) if self._exists() else None
         if existing is not None:
             same_size = existing.manifest.size == size
             if same_size and hash_file(src) == existing.manifest.content_hash:
@@ -397,8 +476,8 @@ class Archive:
         entry = self._write_object(src, size, name, progress)
         if existing is None:
             return CommitResult(name, "committed", entry)
-        if existing.path != entry.path:
-            self._discard(existing.path)
+        if existing.dirname != entry.dirname:
+            self._discard(existing)
         return CommitResult(name, "replaced", entry)
 
     def _write_object(self, src: Path, size: int, name: str, progress: Progress | None) -> Entry:
@@ -409,7 +488,7 @@ class Archive:
         try:
             content, hashes = _core.commit(
                 str(src),
-                str(stage),
+                [(str(stage), True)],
                 storage.chunk_size,
                 [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
                 progress,
@@ -441,7 +520,11 @@ class Archive:
                 shutil.rmtree(stage, ignore_errors=True)
         return Entry(name, final, manifest)
 
-    def _discard(self, path: Path) -> None:
+    def _exists(self) -> bool:
+        return self.root.is_dir()
+
+    def _discard(self, entry: Entry) -> None:
+        path = entry.path
         trash = self.root / TRASH
         trash.mkdir(exist_ok=True)
         target = trash / uuid.uuid4().hex
@@ -537,16 +620,22 @@ def _manifest(
     stripes: list[layout.PlannedStripe],
     content: bytes,
     hashes: list[list[bytes]],
+    placement: list[list[int]] | None = None,
 ) -> Manifest:
+    """The manifest of a just-written object; ``placement`` (per stripe, the volume of
+    each shard) makes it a volume archive's manifest."""
     built = []
-    for st, shard_hashes in zip(stripes, hashes, strict=True):
+    for si, (st, shard_hashes) in enumerate(zip(stripes, hashes, strict=True)):
+        k = len(st.data)
+        vol = placement[si] if placement is not None else [0] * (k + len(st.parity))
         data = tuple(
-            Shard(p, n, h) for (p, n), h in zip(st.data, shard_hashes[: len(st.data)], strict=True)
+            Shard(p, n, h, vol[i])
+            for i, ((p, n), h) in enumerate(zip(st.data, shard_hashes[:k], strict=True))
         )
         padded = -(-max(n for _, n in st.data) // 64) * 64
         parity = tuple(
-            Shard(p, padded, h)
-            for p, h in zip(st.parity, shard_hashes[len(st.data) :], strict=True)
+            Shard(p, padded, h, vol[k + j])
+            for j, (p, h) in enumerate(zip(st.parity, shard_hashes[k:], strict=True))
         )
         built.append(Stripe(data, parity))
     leaves = b"".join(h for shard_hashes in hashes for h in shard_hashes)
@@ -563,6 +652,7 @@ def _manifest(
         parity_shards=storage.parity_shards,
         stripes=tuple(built),
         merkle_root=_core.merkle_root(leaves).hex(),
+        volumes=placement is not None,
     )
 
 

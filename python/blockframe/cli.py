@@ -124,8 +124,22 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | Non
 
 
 def _archive(cfg: Config, args: argparse.Namespace) -> Archive:
-    root = Path(args.archive) if args.archive else cfg.archive_directory
-    return Archive(root, cfg.storage)
+    """--archive (a directory or s3:// URL), else [archive] volumes, else directory."""
+    return open_location(args.archive, cfg)
+
+
+def open_location(location: str | None, cfg: Config) -> Archive:
+    """The archive at ``location`` or, when None, the configured one."""
+    from blockframe.config import is_url
+
+    if location and not is_url(location):
+        return Archive(Path(location), cfg.storage)
+    volumes = (location,) if location else cfg.archive_volumes
+    if not volumes:
+        return Archive(cfg.archive_directory, cfg.storage)
+    from blockframe.volume_archive import open_archive_at
+
+    return open_archive_at(volumes, cfg.storage, cfg.s3)
 
 
 def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
@@ -163,7 +177,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     entries = sorted(index.entries.values(), key=lambda e: e.name)
     if args.json:
         doc = {
-            "objects": [{**e.summary(), "directory": e.path.name} for e in entries],
+            "objects": [{**e.summary(), "directory": e.dirname} for e in entries],
             "problems": [{"path": p.path, "reason": p.reason} for p in index.problems],
         }
         print(json.dumps(doc, indent=2))
@@ -176,8 +190,15 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     table.add_column("SIZE", justify="right")
     table.add_column("TIER", justify="right")
     table.add_column("STATUS")
+    spread = any(e.volumes is not None for e in entries)
+    if spread:
+        table.add_column("CAN LOSE", justify="right")
     for e in entries:
-        table.add_row(e.name, format_size(e.manifest.size), str(e.manifest.tier), e.status)
+        row = [e.name, format_size(e.manifest.size), str(e.manifest.tier), e.status]
+        if spread:
+            n = e.can_lose()
+            row.append(f"{n} volume{'s' if n != 1 else ''}" if n >= 0 else "damaged")
+        table.add_row(*row)
     Console(highlight=False, soft_wrap=True).print(table)
     for p in index.problems:
         log.warning("skipped %s: %s", p.path, p.reason)
@@ -270,7 +291,7 @@ def cmd_health(cfg: Config, args: argparse.Namespace) -> int:
         older_than=duration(args.older_than, "--older-than"),
         max_time=duration(args.max_time, "--max-time"),
     )
-    checker = health.Health(args.archive or cfg.archive_directory, options)
+    checker = health.Health(open_location(args.archive, cfg), options)
     plan = checker.plan()
     with progress_bar("health", plan.measure() if sys.stderr.isatty() else 0) as cb:
         report = checker.run(plan, cb)

@@ -85,10 +85,30 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """Where S3 volumes are and how to sign in; empty values fall back to the usual AWS
+    environment variables and files (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."""
+
+    endpoint: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+
+def is_url(location: str) -> bool:
+    """Whether an archive location names an S3 bucket rather than a directory."""
+    return location.startswith("s3://")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; see ``config.toml`` at the repository root."""
 
     archive_directory: Path = Path("archive_directory")
+    # Volumes (failure domains) when the archive is spread over several directories or
+    # buckets, or one "s3://bucket/prefix"; empty: the archive is archive_directory.
+    archive_volumes: tuple[str, ...] = ()
+    s3: S3Config = field(default_factory=lambda: S3Config())
     mount_default_mountpoint: Path = Path("./mnt/blockframe")
     mount_default_remote: str = ""
     cache_max_segments: int = 200
@@ -106,7 +126,8 @@ _LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
 # section -> key -> kind; "size" keys accept units, "path" keys resolve relative to the file.
 _SCHEMA: dict[str, dict[str, str]] = {
-    "archive": {"directory": "path"},
+    "archive": {"directory": "location", "volumes": "locations"},
+    "s3": {"endpoint": "str", "region": "str", "access_key_id": "str", "secret_access_key": "str"},
     "mount": {"default_mountpoint": "path", "default_remote": "str"},
     "cache": {"max_segments": "int", "max_size": "size"},
     "server": {"default_port": "int", "host": "str", "token": "str", "cors_origins": "strlist"},
@@ -173,13 +194,24 @@ def _value(kind: str, value: Any, what: str, base: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{what}: expected an integer, got {value!r}")
         return value
+    if kind == "locations":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{what}: expected a non-empty list of directories or s3:// URLs")
+        locations = tuple(str(_value("location", v, what, base)) for v in value)
+        if len(set(locations)) != len(locations):
+            raise ConfigError(f"{what}: a volume is listed twice")
+        return locations
     if kind == "strlist":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{what}: expected a list of strings, got {value!r}")
         return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{what}: expected a string, got {value!r}")
-    if kind == "path":
+    if kind == "location" and is_url(value):
+        if len(value) <= len("s3://"):
+            raise ConfigError(f"{what}: {value!r} names no bucket")
+        return value
+    if kind in ("path", "location"):
         p = Path(value).expanduser()
         return p if p.is_absolute() else base / p
     return value
@@ -216,8 +248,21 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
         if values.get(key, 1) < 0:
             raise ConfigError(f"{path}: {key} cannot be negative")
     defaults = Config()
+    directory = values.get("archive.directory", base / defaults.archive_directory)
+    volumes = values.get("archive.volumes", ())
+    if not volumes and isinstance(directory, str):
+        volumes = (directory,)  # an archive in a bucket is one S3 volume
     return Config(
-        archive_directory=values.get("archive.directory", base / defaults.archive_directory),
+        archive_directory=Path(directory)
+        if isinstance(directory, Path)
+        else defaults.archive_directory,
+        archive_volumes=volumes,
+        s3=S3Config(
+            endpoint=values.get("s3.endpoint", ""),
+            region=values.get("s3.region", ""),
+            access_key_id=values.get("s3.access_key_id", ""),
+            secret_access_key=values.get("s3.secret_access_key", ""),
+        ),
         mount_default_mountpoint=values.get(
             "mount.default_mountpoint", defaults.mount_default_mountpoint
         ),

@@ -40,8 +40,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from blockframe import _core
-from blockframe.archive import STAGING, TRASH, dirname_for, validate_name
-from blockframe.errors import ManifestError, UsageError
+from blockframe.archive import (
+    STAGING,
+    TRASH,
+    Archive,
+    Entry,
+    core_object,
+    dirname_for,
+    validate_name,
+)
+from blockframe.errors import ArchiveError, ManifestError, UsageError
 from blockframe.health_report import (
     HealthReport,
     Leftover,
@@ -54,7 +62,17 @@ from blockframe.health_report import (
     print_report,
     report_schema,
 )
-from blockframe.manifest import MANIFEST, REPLICA, Manifest, load, write_file
+from blockframe.manifest import (
+    COMMITTING,
+    MANIFEST,
+    REPLICA,
+    Manifest,
+    Shard,
+    Stripe,
+    load,
+    write_file,
+)
+from blockframe.volumes import IncompleteError, VolumeSet, can_lose
 
 __all__ = [
     "Health",
@@ -292,13 +310,14 @@ class Plan:
     leftovers: list[Leftover] = field(default_factory=list)  # in .staging and .trash
     superseded: dict[str, str] = field(default_factory=dict)  # older dir -> newer, same name
     notes: list[str] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # local directories holding objects
 
     def measure(self) -> int:
         """Bytes on disk under the selected objects: a total for a progress bar (it
         stats every file, so it is only worth calling when a bar is shown)."""
         total = 0
-        for d in self.selected:
-            for dirpath, _, files in os.walk(self.root / d):
+        for d, root in ((d, r) for d in self.selected for r in self.roots or [self.root]):
+            for dirpath, _, files in os.walk(root / d):
                 for f in files:
                     with contextlib.suppress(OSError):
                         total += os.lstat(os.path.join(dirpath, f)).st_size
@@ -347,9 +366,15 @@ class Health:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], options: Options | None = None, clock: Clock = time.time
+        self,
+        root: str | os.PathLike[str] | Archive,
+        options: Options | None = None,
+        clock: Clock = time.time,
     ) -> None:
-        self.root = Path(root)
+        self.archive = root if isinstance(root, Archive) else Archive(Path(root))
+        self.root = self.archive.root
+        # The volumes of a volume archive; None for a one-directory archive.
+        self.vs: VolumeSet | None = getattr(self.archive, "volumes", None)
         self.options = options or Options()
         self.clock = clock
         if self.options.workers < 1:
@@ -364,39 +389,23 @@ class Health:
     def plan(self) -> Plan:
         """List the archive, read the state and pick the objects to scrub, stalest first
         (objects left damaged, then never verified, then oldest verification)."""
-        root = self.root
-        if not root.is_dir():
-            what = "is not a directory" if root.exists() else "does not exist"
-            raise UsageError(f"{root}: archive directory {what}")
-        try:
-            names = sorted(os.listdir(root))
-        except OSError as e:
-            raise UsageError(f"{root}: cannot list archive: {e.strerror}") from None
         now = self.clock()
-        state, problem = State(root).load()
-        plan = Plan(root, now, state, notes=[problem] if problem else [])
-        for name in names:
-            path = root / name
-            if name.startswith("."):
-                if name in (STAGING, TRASH):
-                    self._housekeeping(plan, name)
-                continue  # other hidden entries (ours: .blockframe) are not objects
+        state, problem = State(self.archive.state_root).load()
+        plan = Plan(self.root, now, state, notes=[problem] if problem else [])
+        if self.vs is None:
+            root = self.root
+            if not root.is_dir():
+                what = "is not a directory" if root.exists() else "does not exist"
+                raise UsageError(f"{root}: archive directory {what}")
             try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                continue  # vanished while listing
-            if not stat.S_ISDIR(mode):
-                plan.strays.append(Stray(name, _kind(mode)))
-            elif (
-                os.path.lexists(path / MANIFEST)
-                or os.path.lexists(path / REPLICA)
-                or _looks_like_object(path)
-            ):
-                # An object that lost both manifest copies is still ours: it is reported
-                # unusable (exit 1), never passed over as a stray.
-                plan.objects.append(name)
-            else:
-                plan.strays.append(Stray(name, "directory"))
+                from blockframe.volumes import check_not_member
+
+                check_not_member(root)
+            except ArchiveError as e:
+                raise UsageError(str(e)) from None
+            plan.objects = self._list_dir(plan, root, "")
+        else:
+            plan.objects = self._list_volumes(plan, self.vs)
         plan.superseded = self._superseded(plan.objects)
         older_than = self.options.older_than
         for d in plan.objects:
@@ -415,20 +424,80 @@ class Health:
         plan.selected.sort(key=staleness)
         return plan
 
-    def _housekeeping(self, plan: Plan, name: str) -> None:
+    def _list_dir(self, plan: Plan, root: Path, prefix: str) -> list[str]:
+        """The object directories of one local directory; strays and left-overs go to
+        ``plan`` under ``prefix`` + their name."""
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as e:
+            raise UsageError(f"{root}: cannot list archive: {e.strerror}") from None
+        objects = []
+        for name in names:
+            path = root / name
+            if name.startswith("."):
+                if name in (STAGING, TRASH):
+                    self._housekeeping(plan, root, prefix, name)
+                continue  # other hidden entries (ours: .blockframe) are not objects
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue  # vanished while listing
+            if not stat.S_ISDIR(mode):
+                plan.strays.append(Stray(prefix + name, _kind(mode)))
+            elif (
+                os.path.lexists(path / MANIFEST)
+                or os.path.lexists(path / REPLICA)
+                or os.path.lexists(path / COMMITTING)
+                or _looks_like_object(path)
+            ):
+                # An object that lost both manifest copies is still ours: it is reported
+                # unusable (exit 1), never passed over as a stray.
+                objects.append(name)
+            else:
+                plan.strays.append(Stray(prefix + name, "directory"))
+        return objects
+
+    def _list_volumes(self, plan: Plan, vs: VolumeSet) -> list[str]:
+        """Object directories on any present volume (an object usually has one on each)."""
+        if not vs.present:
+            raise UsageError(f"{vs.location}: no volume of the archive is present")
+        for i in sorted(set(vs.slots) - vs.present):
+            plan.notes.append(
+                f"volume {i} ({vs.slots[i].location}) is absent: its shards are rebuilt "
+                "onto the present volumes (create it empty to rebuild onto it instead)"
+            )
+        objects: set[str] = set()
+        for _, vol in vs.present_volumes():
+            local = vol.local_path()
+            if local is not None:
+                plan.roots.append(local)
+                objects.update(self._list_dir(plan, local, f"{local}/"))
+                continue
+            try:
+                objects.update(n for n in vol.listdir() if not n.startswith("."))
+            except OSError as e:
+                raise UsageError(f"{vol.location}: cannot list volume: {e}") from None
+        if not self.options.dry_run:
+            try:
+                vs.label_all()
+            except ArchiveError as e:
+                plan.notes.append(str(e))
+        return sorted(objects)
+
+    def _housekeeping(self, plan: Plan, root: Path, prefix: str, name: str) -> None:
         """Entries of ``.staging`` / ``.trash``: ``<32 hex>`` directories are ours."""
-        top = self.root / name
+        top = root / name
         try:
             mode = os.lstat(top).st_mode
             children = sorted(os.listdir(top)) if stat.S_ISDIR(mode) else None
         except OSError:
             return
         if children is None:
-            plan.strays.append(Stray(name, _kind(mode)))
+            plan.strays.append(Stray(prefix + name, _kind(mode)))
             return
         kind: Literal["staging", "trash"] = "staging" if name == STAGING else "trash"
         for child in children:
-            rel = f"{name}/{child}"
+            rel = f"{prefix}{name}/{child}"
             try:
                 cmode = os.lstat(top / child).st_mode
             except OSError:
@@ -452,7 +521,7 @@ class Health:
             by_name: dict[str, list[tuple[str, str]]] = {}
             for d in dirs:
                 try:
-                    m = load(self.root / d, repair=False).manifest
+                    m = self._peek(d)
                 except (ManifestError, OSError):
                     continue
                 by_name.setdefault(m.name, []).append((m.created, d))
@@ -461,6 +530,12 @@ class Health:
                 for _, d in copies[1:]:
                     out[d] = copies[0][1]
         return out
+
+    def _peek(self, d: str) -> Manifest:
+        """The manifest of object directory ``d``, changing nothing."""
+        if self.vs is None:
+            return load(self.root / d, repair=False).manifest
+        return self.vs.load_manifest(d, "none").manifest
 
     # -- run -----------------------------------------------------------------------------
 
@@ -502,7 +577,10 @@ class Health:
                         )
                         break
                     before = plan.state.get(d, Freshness())
-                    obj, after = self._scrub(d, before, plan, report, pool, deadline, tick)
+                    scrubbed = self._scrub(d, before, plan, report, pool, deadline, tick)
+                    if scrubbed is None:
+                        continue  # an interrupted commit, handled as a left-over
+                    obj, after = scrubbed
                     obj.superseded_by = plan.superseded.get(d)
                     report.objects.append(obj)
                     if obj.complete:
@@ -516,7 +594,7 @@ class Health:
             report.finished = self.clock()
             if updates:
                 try:
-                    State(self.root).save(updates, set(plan.objects))
+                    State(self.archive.state_root).save(updates, set(plan.objects))
                 except OSError as e:
                     report.notes.append(f"{STATE_DIR}/{STATE_FILE}: not saved ({e})")
         for d in plan.objects:
@@ -574,42 +652,24 @@ class Health:
         pool: ThreadPoolExecutor,
         deadline: float | None,
         tick: Progress,
-    ) -> tuple[ObjectReport, Freshness]:
-        """Scrub one object directory: manifests, extras, then stripe after stripe."""
-        path = self.root / d
+    ) -> tuple[ObjectReport, Freshness] | None:
+        """Scrub one object directory: manifests, extras, then stripe after stripe. None
+        when it turned out to be an interrupted commit of a volume archive."""
         obj = ObjectReport(d)
         since = self.clock()
+        target: Manifest | None = None
         try:
-            loaded = load(path, repair=not self.options.dry_run)
-            m = loaded.manifest
-            validate_name(m.name)
-            if d != dirname_for(m.name, m.id):
-                raise ManifestError(f"{d}: directory name does not match its manifest")
-            core = _core.Object(
-                str(path),
-                m.chunk_size,
-                [
-                    (
-                        [(s.path, s.size, s.hashes) for s in st.data],
-                        [(s.path, s.size, s.hashes) for s in st.parity],
-                    )
-                    for st in m.stripes
-                ],
-            )
+            if self.vs is None:
+                m, core = self._open_dir(d, obj, report)
+            else:
+                m, target, core = self._open_volumes(self.vs, d, obj, report)
+        except IncompleteError:
+            self._incomplete(d, report)
+            return None
         except (ManifestError, UsageError, _core.CoreError, OSError) as e:
             obj.status = "unusable"
             obj.problem = str(e)
             return obj, Freshness(before.verified, self.clock())
-        obj.name, obj.size, obj.tier, obj.stripes = m.name, m.size, m.tier, len(m.stripes)
-        obj.manifest_repaired = list(loaded.repaired)
-        for copy in (MANIFEST, REPLICA):
-            if copy not in loaded.repaired:
-                obj.manifest_damaged.extend(
-                    (copy, p.removeprefix(f"{copy}: "))
-                    for p in loaded.problems
-                    if p.startswith(f"{copy}:")
-                )
-        self._extras(path, m, report)
 
         first = 0
         if before.resume_stripe is not None and before.resume_since is not None:
@@ -629,6 +689,8 @@ class Health:
             end = si + 1
         obj.stripes_scrubbed = (first, end)
         obj.lost = _merge(obj.lost)
+        if self.vs is not None and target is not None:
+            self._settle(self.vs, d, m, target, obj, report)
         remains = obj.manifest_damaged or any(not s.repaired for s in obj.shards)
         found = obj.shards or obj.manifest_repaired or obj.manifest_damaged
         obj.status = "damaged" if remains else "repaired" if found else "healthy"
@@ -638,19 +700,173 @@ class Health:
             return obj, Freshness(since)
         return obj, Freshness(before.verified, None, end, since)
 
-    def _extras(self, path: Path, m: Manifest, report: HealthReport) -> None:
-        """Files and directories in an object directory that the manifest does not name:
-        temporary files of interrupted repairs are removed, anything else reported."""
-        files = set(m.shard_paths()) | {MANIFEST, REPLICA}
+    def _open_dir(
+        self, d: str, obj: ObjectReport, report: HealthReport
+    ) -> tuple[Manifest, _core.Object]:
+        """Manifest (copies checked and restored) and core reader of a directory object."""
+        path = self.root / d
+        loaded = load(path, repair=not self.options.dry_run)
+        m = loaded.manifest
+        self._check_name(d, m)
+        core = core_object(Entry(m.name, path, m))
+        self._describe(obj, m)
+        obj.manifest_repaired = list(loaded.repaired)
+        for copy in (MANIFEST, REPLICA):
+            if copy not in loaded.repaired:
+                obj.manifest_damaged.extend(
+                    (copy, p.removeprefix(f"{copy}: "))
+                    for p in loaded.problems
+                    if p.startswith(f"{copy}:")
+                )
+        self._extras(path, m, report)
+        return m, core
+
+    @staticmethod
+    def _check_name(d: str, m: Manifest) -> None:
+        validate_name(m.name)
+        if d != dirname_for(m.name, m.id):
+            raise ManifestError(f"{d}: directory name does not match its manifest")
+
+    @staticmethod
+    def _describe(obj: ObjectReport, m: Manifest) -> None:
+        obj.name, obj.size, obj.tier, obj.stripes = m.name, m.size, m.tier, len(m.stripes)
+
+    def _open_volumes(
+        self, vs: VolumeSet, d: str, obj: ObjectReport, report: HealthReport
+    ) -> tuple[Manifest, Manifest, _core.Object]:
+        """Manifest, the placement to scrub against and the core reader of an object of a
+        volume archive. Copies are checked and written on every present volume; shards of
+        absent volumes are given new homes on present ones (rebuilt by the scrub)."""
+        dry = self.options.dry_run
+        loaded = vs.load_manifest(d, "none" if dry else "all")
+        m = loaded.manifest
+        self._check_name(d, m)
+        self._describe(obj, m)
+        obj.manifest_repaired = list(loaded.repaired)
+        for problem in loaded.problems:
+            where, _, what = problem.partition(": ")
+            if not any(r.startswith(f"{where}:") for r in loaded.repaired):
+                obj.manifest_damaged.append((where, what))
+        target = m
+        lost = {sh.volume for st in m.stripes for sh in st.shards} - vs.present
+        if lost and not dry:
+            target = replace_lost(m, vs.present)
+        for i, vol in vs.present_volumes():
+            if not dry:
+                with contextlib.suppress(OSError):
+                    vol.remove(f"{d}/{COMMITTING}")  # the commit got as far as manifests
+            local = vol.local_path(d)
+            if local is not None:
+                if local.is_dir():
+                    self._extras(local, target, report, volume=i)
+            else:
+                self._remote_extras(vol, d, target, i, report)
+        core = core_object(Entry(m.name, self.root / d, m, (), vs), manifest=target)
+        return m, target, core
+
+    def _settle(
+        self,
+        vs: VolumeSet,
+        d: str,
+        m: Manifest,
+        target: Manifest,
+        obj: ObjectReport,
+        report: HealthReport,
+    ) -> None:
+        """After the scrub of a volume object: adopt the new placement if every moved
+        shard was rebuilt, and say how many volumes the object can lose."""
+        if target is not m and obj.complete:
+            moved = {
+                (si, j)
+                for si, (a, b) in enumerate(zip(m.stripes, target.stripes, strict=True))
+                for j, (x, y) in enumerate(zip(a.shards, b.shards, strict=True))
+                if x.volume != y.volume
+            }
+            rebuilt = {(s.stripe, s.shard) for s in obj.shards if s.repaired}
+            if moved <= rebuilt:
+                failed = vs.write_manifest(d, target)
+                for f in failed:
+                    obj.manifest_damaged.append(("manifest", f))
+                if len(failed) < 2 * len(vs.present):
+                    m = target
+                    report.notes.append(
+                        f"{d}: {len(moved)} shard(s) of absent volumes rebuilt onto the "
+                        "present volumes"
+                    )
+        bad = [0] * len(m.stripes)
+        for s in obj.shards:
+            if not s.repaired:
+                bad[s.stripe] += 1
+        used = {sh.volume for st in m.stripes for sh in st.shards}
+        obj.volumes_can_lose = can_lose(m, used - vs.present, bad)
+
+    def _incomplete(self, d: str, report: HealthReport) -> None:
+        """An object directory marked committing with no manifest anywhere: a commit (or
+        removal) that died; removed from every volume unless it may still be running."""
+        assert self.vs is not None
+        leftover = Leftover(d, "staging")
+        report.leftovers.append(leftover)
+        young = False
+        for _, vol in self.vs.present_volumes():
+            marker = vol.local_path(f"{d}/{COMMITTING}")
+            with contextlib.suppress(OSError):
+                if marker is not None and marker.exists():
+                    young |= self.clock() - _newest_mtime(marker.parent) < (
+                        self.options.leftover_grace
+                    )
+        if young:
+            leftover.action = "kept-recent"
+            leftover.detail = "modified recently: a commit may still be running"
+            return
+        if self.options.dry_run:
+            return
+        try:
+            for _, vol in self.vs.present_volumes():
+                local = vol.local_path(d)
+                if local is not None:
+                    shutil.rmtree(local, ignore_errors=True)
+                else:
+                    vol.remove_tree(d)
+            leftover.action = "removed"
+        except OSError as e:
+            leftover.action = "failed"
+            leftover.detail = str(e)
+
+    def _remote_extras(
+        self, vol: Any, d: str, m: Manifest, volume: int, report: HealthReport
+    ) -> None:
+        """Keys under an object's prefix in a bucket that the manifest does not place
+        there: reported, never deleted."""
+        allowed = {sh.path for st in m.stripes for sh in st.shards if sh.volume == volume}
+        allowed |= {MANIFEST, REPLICA, COMMITTING}
+        try:
+            found = vol.files(d)
+        except OSError as e:
+            report.notes.append(f"{vol.location}/{d}: cannot list: {e}")
+            return
+        for rel, _ in found:
+            if rel not in allowed:
+                report.strays.append(Stray(f"{vol.location}/{d}/{rel}", "file"))
+
+    def _extras(
+        self, path: Path, m: Manifest, report: HealthReport, volume: int | None = None
+    ) -> None:
+        """Files and directories in an object directory that the manifest does not name
+        (on ``volume``, for a volume archive): temporary files of interrupted repairs are
+        removed, anything else reported."""
+        placed = [
+            sh.path for st in m.stripes for sh in st.shards if volume is None or sh.volume == volume
+        ]
+        files = set(placed) | {MANIFEST, REPLICA} | ({COMMITTING} if volume is not None else set())
         dirs: set[str] = set()
         names_in: dict[str, set[str]] = {}
-        for p in m.shard_paths():
+        for p in placed:
             parent, _, base = p.rpartition("/")
             names_in.setdefault(parent, set()).add(base)
             while parent:
                 dirs.add(parent)
                 parent = parent.rpartition("/")[0]
-        top = path.name
+        top = path.name if volume is None else str(path)
         for dirpath, subdirs, filenames in os.walk(path):
             rel = Path(dirpath).relative_to(path).as_posix()
             rel = "" if rel == "." else rel
@@ -768,6 +984,28 @@ class Health:
                         )
 
 
+def replace_lost(m: Manifest, present: set[int]) -> Manifest:
+    """``m`` with every shard of an absent volume given to a present one: per stripe, the
+    present volume holding the fewest shards of it (ties: rotating with the stripe)."""
+    order = sorted(present)
+    stripes = []
+    for si, st in enumerate(m.stripes):
+        counts = {v: 0 for v in order}
+        for sh in st.shards:
+            if sh.volume in counts:
+                counts[sh.volume] += 1
+        shards = []
+        for sh in st.shards:
+            if sh.volume not in counts:
+                v = min(order, key=lambda v: (counts[v], (order.index(v) - si) % len(order)))
+                counts[v] += 1
+                sh = Shard(sh.path, sh.size, sh.hashes, v)
+            shards.append(sh)
+        k = len(st.data)
+        stripes.append(Stripe(tuple(shards[:k]), tuple(shards[k:])))
+    return dataclasses.replace(m, stripes=tuple(stripes))
+
+
 def _data_starts(m: Manifest) -> list[list[int]]:
     """File offset of every data shard, per stripe."""
     out, offset = [], 0
@@ -795,7 +1033,7 @@ def _merge(ranges: list[LostRange]) -> list[LostRange]:
 
 
 def scrub(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Archive,
     options: Options | None = None,
     clock: Clock = time.time,
     progress: Progress | None = None,

@@ -97,6 +97,7 @@ class ObjectReport:
     superseded_by: str | None = None
     problem: str | None = None
     verified_at: float | None = None
+    volumes_can_lose: int | None = None  # volume archives only
 
     @property
     def shards_needed(self) -> int:
@@ -125,6 +126,11 @@ class ObjectReport:
             "superseded_by": self.superseded_by,
             "problem": self.problem,
             "verified_at": iso(self.verified_at),
+            **(
+                {"volumes_can_lose": self.volumes_can_lose}
+                if self.volumes_can_lose is not None
+                else {}
+            ),
         }
 
 
@@ -297,6 +303,9 @@ def print_report(report: HealthReport, verbose: bool = False) -> None:
     table.add_column("OBJECT")
     table.add_column("STATUS")
     table.add_column("MARGIN", justify="right")
+    spread = any(o.volumes_can_lose is not None for o in report.objects)
+    if spread:
+        table.add_column("CAN LOSE", justify="right")
     table.add_column("SIZE", justify="right")
     table.add_column("DETAILS")
     style = {
@@ -313,16 +322,18 @@ def print_report(report: HealthReport, verbose: bool = False) -> None:
                 hidden += 1
                 continue
             healthy_shown += 1
-        table.add_row(
+        lose = o.volumes_can_lose
+        row = [
             o.name or o.directory,
             f"[{style[o.status]}]{o.status}[/]",
             "-" if o.margin is None else str(o.margin),
+            *([] if not spread else ["-" if lose is None or lose < 0 else f"{lose} vol"]),
             "-" if o.size is None else format_size(o.size),
             "\n".join(_details(o)),
-            end_section=False,
-        )
+        ]
+        table.add_row(*row, end_section=False)
     if hidden:
-        table.add_row(f"... and {hidden} more healthy objects", "", "", "", "")
+        table.add_row(f"... and {hidden} more healthy objects", *[""] * (4 + spread))
     if report.objects:
         console.print(table)
     for x in report.leftovers:

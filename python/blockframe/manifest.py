@@ -10,7 +10,7 @@ import binascii
 import json
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,19 +20,26 @@ from blockframe import _core
 from blockframe.errors import ManifestError
 
 FORMAT = "blockframe-manifest"
-VERSION = 1
+VERSION = 1  # objects of a single-directory archive
+VOLUMES_VERSION = 2  # objects spread over volumes: every shard names its volume
+VERSIONS = (VERSION, VOLUMES_VERSION)
 MANIFEST = "manifest.json"
 REPLICA = "manifest.replica.json"
+# In an object directory of a volume archive while its commit is under way: the object is
+# invisible (no manifest yet) and `health` may remove it once the commit is clearly dead.
+COMMITTING = ".committing"
 HASH_LEN = 32
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard file: path relative to the object directory, size, chunk hashes."""
+    """One shard file: path relative to the object directory, size, chunk hashes, and
+    the volume that holds it (always 0 in a single-directory archive)."""
 
     path: str
     size: int
     hashes: bytes  # concatenated 32-byte BLAKE3 digests, one per chunk
+    volume: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Manifest:
     parity_shards: int
     stripes: tuple[Stripe, ...]
     merkle_root: str
+    volumes: bool = False  # version 2: shards are placed on volumes
 
     def leaves(self) -> bytes:
         """All chunk hashes in layout order: the leaves of the Merkle tree."""
@@ -76,10 +84,18 @@ class Manifest:
     def shard_paths(self) -> list[str]:
         return [sh.path for st in self.stripes for sh in st.shards]
 
+    def volume_counts(self, stripe: int) -> dict[int, int]:
+        """How many shards of stripe ``stripe`` each volume holds."""
+        counts: dict[int, int] = {}
+        for sh in self.stripes[stripe].shards:
+            counts[sh.volume] = counts.get(sh.volume, 0) + 1
+        return counts
+
     def to_dict(self) -> dict[str, Any]:
+        shard = _volume_shard_dict if self.volumes else _shard_dict
         body: dict[str, Any] = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VOLUMES_VERSION if self.volumes else VERSION,
             "name": self.name,
             "id": self.id,
             "size": self.size,
@@ -92,8 +108,8 @@ class Manifest:
             "parity_shards": self.parity_shards,
             "stripes": [
                 {
-                    "data": [_shard_dict(s) for s in st.data],
-                    "parity": [_shard_dict(s) for s in st.parity],
+                    "data": [shard(s) for s in st.data],
+                    "parity": [shard(s) for s in st.parity],
                 }
                 for st in self.stripes
             ],
@@ -108,6 +124,10 @@ class Manifest:
 
 def _shard_dict(s: Shard) -> dict[str, Any]:
     return {"path": s.path, "size": s.size, "chunks": base64.b64encode(s.hashes).decode()}
+
+
+def _volume_shard_dict(s: Shard) -> dict[str, Any]:
+    return {**_shard_dict(s), "volume": s.volume}
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:
@@ -153,7 +173,7 @@ def safe_relpath(path: str, where: str) -> str:
     return path
 
 
-def _shard(d: Any, chunk_size: int, where: str) -> Shard:
+def _shard(d: Any, chunk_size: int, where: str, volumes: bool) -> Shard:
     if not isinstance(d, dict):
         raise ManifestError(f"{where}: shard entries must be objects")
     path = safe_relpath(_get(d, "path", str, where), where)
@@ -166,7 +186,12 @@ def _shard(d: Any, chunk_size: int, where: str) -> Shard:
         raise ManifestError(f"{where}: {path}: chunk hashes are not base64") from None
     if len(hashes) != -(-size // chunk_size) * HASH_LEN:
         raise ManifestError(f"{where}: {path}: wrong number of chunk hashes for {size} bytes")
-    return Shard(path, size, hashes)
+    volume = 0
+    if volumes:
+        volume = _get(d, "volume", int, where)
+        if not 0 <= volume < 65536:
+            raise ManifestError(f"{where}: {path}: volume {volume} out of range")
+    return Shard(path, size, hashes, volume)
 
 
 def parse(raw: bytes, where: str) -> Manifest:
@@ -181,10 +206,12 @@ def parse(raw: bytes, where: str) -> Manifest:
     if body.get("format") != FORMAT:
         raise ManifestError(f"{where}: not a BlockFrame manifest")
     version = _get(body, "version", int, where)
-    if version != VERSION:
+    if version not in VERSIONS:
         raise ManifestError(
-            f"{where}: manifest version {version} is not supported (this build reads {VERSION})"
+            f"{where}: manifest version {version} is not supported "
+            f"(this build reads {', '.join(map(str, VERSIONS))})"
         )
+    volumes = version == VOLUMES_VERSION
     if _get(body, "checksum", str, where) != checksum(body):
         raise ManifestError(f"{where}: checksum mismatch (the manifest is damaged)")
     chunk_size = _get(body, "chunk_size", int, where)
@@ -198,8 +225,8 @@ def parse(raw: bytes, where: str) -> Manifest:
         w = f"{where}: stripe {i}"
         if not isinstance(st, dict):
             raise ManifestError(f"{w}: must be an object")
-        data = tuple(_shard(s, chunk_size, w) for s in _get(st, "data", list, w))
-        parity = tuple(_shard(s, chunk_size, w) for s in _get(st, "parity", list, w))
+        data = tuple(_shard(s, chunk_size, w, volumes) for s in _get(st, "data", list, w))
+        parity = tuple(_shard(s, chunk_size, w, volumes) for s in _get(st, "parity", list, w))
         if not data or not parity or any(s.size == 0 for s in data):
             raise ManifestError(f"{w}: needs non-empty data shards and parity shards")
         stripe = Stripe(data, parity)
@@ -219,6 +246,7 @@ def parse(raw: bytes, where: str) -> Manifest:
         parity_shards=_get(body, "parity_shards", int, where),
         stripes=tuple(stripes),
         merkle_root=_hex(body, "merkle_root", 64, where),
+        volumes=volumes,
     )
     _check_geometry(m, where)
     if not m.content_hash.startswith(m.id):
@@ -226,7 +254,7 @@ def parse(raw: bytes, where: str) -> Manifest:
     if sum(s.size for st in m.stripes for s in st.data) != m.size:
         raise ManifestError(f"{where}: data shard sizes do not add up to the file size")
     paths = m.shard_paths()
-    if len(set(paths)) != len(paths) or MANIFEST in paths or REPLICA in paths:
+    if len(set(paths)) != len(paths) or {MANIFEST, REPLICA, COMMITTING} & set(paths):
         raise ManifestError(f"{where}: shard paths collide")
     if _core.merkle_root(m.leaves()).hex() != m.merkle_root:
         raise ManifestError(f"{where}: Merkle root does not match the chunk hashes")
@@ -289,18 +317,38 @@ def load(obj_dir: Path, repair: bool = True) -> Loaded:
     """Read the manifest of ``obj_dir``, falling back to the replica when the primary is
     missing or damaged. With ``repair`` a bad or missing copy is rewritten from the good
     one (atomically); if the archive is read-only the repair is skipped, not fatal."""
+
+    def read(name: str) -> bytes | None:
+        try:
+            return (obj_dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(name: str, data: bytes) -> None:
+        write_file(obj_dir / name, data)
+
+    return load_from(read, write if repair else None, obj_dir.name)
+
+
+def load_from(
+    read: Callable[[str], bytes | None],
+    write: Callable[[str, bytes], None] | None,
+    label: str,
+) -> Loaded:
+    """:func:`load` over any storage: ``read(copy)`` gives a copy's bytes (None when
+    missing, OSError when unreadable); ``write(copy, data)``, when given, restores a bad
+    copy from the good one (failures to write are skipped)."""
     copies: dict[str, Manifest] = {}
     problems: list[str] = []
     raws: dict[str, bytes] = {}
     for name in (MANIFEST, REPLICA):
-        path = obj_dir / name
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            problems.append(f"{name}: missing")
-            continue
+            raw = read(name)
         except OSError as e:
-            problems.append(f"{name}: unreadable ({e.strerror})")
+            problems.append(f"{name}: unreadable ({e.strerror or e})")
+            continue
+        if raw is None:
+            problems.append(f"{name}: missing")
             continue
         try:
             copies[name] = parse(raw, name)
@@ -308,19 +356,19 @@ def load(obj_dir: Path, repair: bool = True) -> Loaded:
         except ManifestError as e:
             problems.append(str(e))
     if not copies:
-        raise ManifestError(f"{obj_dir.name}: no usable manifest ({'; '.join(problems)})")
+        raise ManifestError(f"{label}: no usable manifest ({'; '.join(problems)})")
     primary = copies.get(MANIFEST)
     replica = copies.get(REPLICA)
     if primary and replica and primary != replica:
         # Both verify but differ: never guess which is right.
-        raise ManifestError(f"{obj_dir.name}: manifest and replica disagree")
+        raise ManifestError(f"{label}: manifest and replica disagree")
     good_name, good = next(iter(copies.items()))
     repaired: list[str] = []
-    if repair:
+    if write is not None:
         for name in (MANIFEST, REPLICA):
             if name not in copies:
                 try:
-                    write_file(obj_dir / name, raws[good_name])
+                    write(name, raws[good_name])
                     repaired.append(name)
                 except OSError:
                     pass

@@ -77,10 +77,12 @@ from blockframe.errors import (
 )
 from blockframe.mount.view import ArchiveView
 from blockframe.openapi import DOCS_PAGE, NAME_PATTERN, OCTET, openapi, swagger_ui_dir
+from blockframe.store import Volume
 
 log = logging.getLogger(__name__)
 
 PIECE = 1 << 20  # bytes read, verified and sent at a time
+BUCKET_PIECE = 8 << 20  # shard bytes fetched from a bucket per request
 RESCAN_INTERVAL = 1.0  # seconds: how often a listing or an unknown name may rescan the archive
 TOKEN_ENV = "BLOCKFRAME_TOKEN"
 PUBLIC_PATHS = ("/", "/docs", "/openapi.json")  # and everything under /docs/ and /ui/
@@ -302,7 +304,7 @@ class Catalog:
 
     def find(self, name: str) -> Entry | None:
         entry = self._entries.get(name)
-        if entry is None or not entry.path.is_dir():
+        if entry is None or (entry.volumes is None and not entry.path.is_dir()):
             self.rescan(force=entry is not None)
             entry = self._entries.get(name)
         return entry
@@ -340,14 +342,14 @@ class Catalog:
         margin}."""
         from blockframe.health import State
 
-        objects, _ = State(self.archive.root).load()
+        objects, _ = State(self.archive.state_root).load()
         return {d: f.last.to_dict() for d, f in objects.items() if f.last is not None}
 
     def last_scrub(self) -> str | None:
         """When ``blockframe health`` last verified an object of this archive, if ever."""
         from blockframe.health import State
 
-        objects, _ = State(self.archive.root).load()
+        objects, _ = State(self.archive.state_root).load()
         times = [t for f in objects.values() for t in (f.verified, f.damaged) if t is not None]
         if not times:
             return None
@@ -539,9 +541,20 @@ class Server:
         stripes = target.entry.manifest.stripes
         if target.stripe >= len(stripes) or target.shard >= len(stripes[target.stripe].shards):
             return _error(404, "no such shard")
-        rel = stripes[target.stripe].shards[target.shard].path
+        shard = stripes[target.stripe].shards[target.shard]
+        rel = shard.path
+        path = target.entry.path / rel
+        vs = target.entry.volumes
+        if vs is not None:
+            vol = vs.volume(shard.volume)
+            if vol is None:
+                return _error(404, "shard missing on the server (its volume is absent)")
+            local = vol.local_path(f"{target.entry.dirname}/{rel}")
+            if local is None:
+                return await self._bucket_shard(request, vol, f"{target.entry.dirname}/{rel}")
+            path = local
         try:
-            fd, size = await run_in_threadpool(_open_shard, target.entry.path / rel)
+            fd, size = await run_in_threadpool(_open_shard, path)
         except FileNotFoundError:
             return _error(404, "shard missing on the server")
         except OSError:
@@ -558,6 +571,43 @@ class Server:
             return Response(status_code=status, headers=headers, media_type=OCTET)
         start, end = span or (0, size)
         return _Stream(self._raw(fd, start, end), status, headers, lambda: os.close(fd))
+
+    async def _bucket_shard(self, request: Request, vol: Volume, key: str) -> Response:
+        """A shard range from a bucket volume, passed through unverified (as for files:
+        the client verifies)."""
+        try:
+            size = await run_in_threadpool(vol.size, key)
+        except OSError as e:
+            log.error("%s: %s", vol.location, e)
+            return _error(503, "shard unreadable on the server")
+        if size is None:
+            return _error(404, "shard missing on the server")
+        try:
+            span = _range_for(request, size, None)
+        except RangeNotSatisfiable:
+            return _unsatisfiable(size)
+        status, headers = _headers(size, span)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type=OCTET)
+        start, end = span or (0, size)
+
+        async def pieces(pos: int) -> AsyncIterator[bytes]:
+            try:
+                while pos < end:
+                    piece = await run_in_threadpool(
+                        vol.get_range, key, pos, min(BUCKET_PIECE, end - pos)
+                    )
+                    if not piece:
+                        log.error("aborted a shard response: %s shrank at byte %d", key, pos)
+                        raise _Abort
+                    pos += len(piece)
+                    yield piece
+                    self.metrics.add("blockframe_bytes_served_total", len(piece))
+            except OSError as e:
+                log.error("aborted a shard response: %s", e)
+                raise _Abort from None
+
+        return _Stream(pieces(start), status, headers, lambda: None)
 
     async def _raw(self, fd: int, pos: int, end: int) -> AsyncIterator[bytes]:
         """Raw bytes of a shard file; a file that shrinks under us aborts."""
@@ -797,7 +847,7 @@ def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None
             server_header=False,
             timeout_graceful_shutdown=5,
         )
-        log.info("serving %s at %s (API docs: %s/docs)", archive.root, url, url)
+        log.info("serving %s at %s (API docs: %s/docs)", archive.location, url, url)
         if not options.token and not _is_loopback(host):
             log.warning("no token set: anyone who can reach %s can read the archive", url)
         with _quiet_signals(), _count_integrity_events(server.metrics):

@@ -9,6 +9,11 @@
 //! - the *syncer* fsyncs the files of each finished stripe;
 //! - the *content hasher* hashes the whole file sequentially for the object id.
 //!
+//! Shards may be spread over several roots (volumes). A *durable* root gets the full
+//! treatment (writeback, fsync of every shard and of the directories created); a
+//! non-durable one holds temporary files that will be uploaded elsewhere and is never
+//! synced.
+//!
 //! Memory is a fixed pool of window buffers, independent of the file size. The source is
 //! read with `pread` rather than mmapped: mapped pages count against the process's RSS
 //! however they are released, and a source truncated by another process during the commit
@@ -34,19 +39,43 @@ const WINDOW: u64 = 1 << 20;
 /// Window buffers in flight (one being filled, the rest queued or being written).
 const POOL: usize = 3;
 
-/// One data shard to write: its path relative to the object directory and its length.
+/// One data shard to write: the root it goes under (an index into the commit's roots),
+/// its path relative to that root and its length.
 #[derive(Debug, Clone)]
 pub struct PlanShard {
+    pub root: usize,
     pub path: PathBuf,
     pub len: u64,
 }
 
-/// One stripe to write: data shards in file order and the paths of its parity shards.
+/// One parity shard to write: its root (an index into the commit's roots) and its path
+/// relative to that root. Its length is the stripe's padded length.
+#[derive(Debug, Clone)]
+pub struct PlanParity {
+    pub root: usize,
+    pub path: PathBuf,
+}
+
+/// One stripe to write: data shards in file order and its parity shards.
 #[derive(Debug, Clone)]
 pub struct PlanStripe {
     pub data: Vec<PlanShard>,
-    pub parity: Vec<PathBuf>,
+    pub parity: Vec<PlanParity>,
 }
+
+impl PlanStripe {
+    /// (root index, relative path) of every shard: data first, then parity.
+    fn targets(&self) -> impl Iterator<Item = (usize, &Path)> {
+        self.data
+            .iter()
+            .map(|d| (d.root, d.path.as_path()))
+            .chain(self.parity.iter().map(|p| (p.root, p.path.as_path())))
+    }
+}
+
+/// A directory shards are written under, and whether its files must be made durable
+/// (fsynced) before the commit returns.
+pub type CommitRoot = (PathBuf, bool);
 
 /// Shared between the pipeline and whoever watches it.
 #[derive(Debug, Default)]
@@ -75,7 +104,8 @@ struct Job {
     last: bool,
 }
 
-/// Write the shards of `source` under `root` following `plan`.
+/// Write the shards of `source` under `root` following `plan`, every shard durable. The
+/// plan's root indices must all be 0.
 pub fn commit(
     source: &Path,
     root: &Path,
@@ -83,16 +113,44 @@ pub fn commit(
     plan: &[PlanStripe],
     progress: &Progress,
 ) -> Result<CommitOutput> {
+    commit_to_roots(
+        source,
+        &[(root.to_path_buf(), true)],
+        chunk_size,
+        plan,
+        progress,
+    )
+}
+
+/// Write the shards of `source` following `plan`, each under the root its plan entry
+/// names. Shards under a durable root are synced (with the directories created for them)
+/// before this returns; shards under a non-durable root are only written.
+pub fn commit_to_roots(
+    source: &Path,
+    roots: &[CommitRoot],
+    chunk_size: u64,
+    plan: &[PlanStripe],
+    progress: &Progress,
+) -> Result<CommitOutput> {
     check_chunk_size(chunk_size)?;
-    for rel in plan
-        .iter()
-        .flat_map(|s| s.data.iter().map(|d| &d.path).chain(&s.parity))
-    {
-        if !is_plain_relative(rel) {
-            return Err(Error::Layout(format!(
-                "shard path {} must be relative and stay inside the object directory",
-                rel.display()
-            )));
+    if roots.is_empty() {
+        return Err(Error::Layout("a commit needs at least one root".into()));
+    }
+    for (si, stripe) in plan.iter().enumerate() {
+        for (s, (root, rel)) in stripe.targets().enumerate() {
+            if root >= roots.len() {
+                return Err(Error::Layout(format!(
+                    "stripe {si} shard {s} ({}): root index {root} out of range ({} roots)",
+                    rel.display(),
+                    roots.len()
+                )));
+            }
+            if !is_plain_relative(rel) {
+                return Err(Error::Layout(format!(
+                    "shard path {} must be relative and stay inside its root directory",
+                    rel.display()
+                )));
+            }
         }
     }
     let total: u64 = plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum();
@@ -131,7 +189,7 @@ pub fn commit(
     std::thread::scope(|scope| {
         let content = scope.spawn(|| hash_whole_file(&file, source, progress));
         let syncer = scope.spawn(move || sync_stripes(sync_rx));
-        let writer = scope.spawn(|| write_jobs(root, plan, job_rx, free_tx, sync_tx, progress));
+        let writer = scope.spawn(|| write_jobs(roots, plan, job_rx, free_tx, sync_tx, progress));
         let encoded = encode_stripes(
             &file, source, plan, chunk_size, window, job_tx, free_rx, progress,
         );
@@ -169,7 +227,11 @@ pub fn commit(
                 path: source.to_path_buf(),
             });
         }
-        fsync_tree(root, plan)?;
+        for (r, (root, durable)) in roots.iter().enumerate() {
+            if *durable {
+                fsync_tree(root, r, plan)?;
+            }
+        }
         Ok(CommitOutput {
             content_hash,
             hashes,
@@ -253,37 +315,49 @@ fn source_read_error(e: io::Error, source: &Path) -> Error {
     }
 }
 
+/// An open shard file of the stripe being written.
+struct OpenShard {
+    path: PathBuf,
+    file: File,
+    durable: bool,
+}
+
 fn write_jobs(
-    root: &Path,
+    roots: &[CommitRoot],
     plan: &[PlanStripe],
     job_rx: Receiver<Job>,
     free_tx: SyncSender<Job>,
     sync_tx: SyncSender<Vec<(PathBuf, File)>>,
     progress: &Progress,
 ) -> Result<()> {
-    let mut files: Vec<(PathBuf, File)> = Vec::new();
+    let mut files: Vec<OpenShard> = Vec::new();
     let mut pos = 0u64;
     for job in job_rx {
         let stripe = &plan[job.stripe];
         if job.first {
             files.clear();
             pos = 0;
-            for rel in stripe.data.iter().map(|d| &d.path).chain(&stripe.parity) {
+            for (r, rel) in stripe.targets() {
+                let (root, durable) = &roots[r];
                 let path = root.join(rel);
                 if let Some(dir) = path.parent() {
                     fs::create_dir_all(dir).at(dir)?;
                 }
-                let f = OpenOptions::new()
+                let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&path)
                     .at(&path)?;
-                files.push((path, f));
+                files.push(OpenShard {
+                    path,
+                    file,
+                    durable: *durable,
+                });
             }
         }
         let k = stripe.data.len();
         let mut written = 0u64;
-        for (i, (path, f)) in files.iter_mut().enumerate() {
+        for (i, shard) in files.iter_mut().enumerate() {
             let bytes = if i < k {
                 &job.data[i][..job.real[i]]
             } else {
@@ -292,8 +366,10 @@ fn write_jobs(
             if bytes.is_empty() {
                 continue;
             }
-            f.write_all(bytes).at(path)?;
-            start_writeback(f, pos, bytes.len() as u64);
+            shard.file.write_all(bytes).at(&shard.path)?;
+            if shard.durable {
+                start_writeback(&shard.file, pos, bytes.len() as u64);
+            }
             if i < k {
                 written += bytes.len() as u64;
             }
@@ -303,8 +379,16 @@ fn write_jobs(
         let last = job.last;
         // The encoder may already be gone (it failed); then nobody needs the buffers back.
         let _ = free_tx.send(job);
-        if last && sync_tx.send(std::mem::take(&mut files)).is_err() {
-            return Err(Error::Cancelled);
+        if last {
+            // Only durable shards are synced; the others are closed here, unsynced.
+            let durable = std::mem::take(&mut files)
+                .into_iter()
+                .filter(|f| f.durable)
+                .map(|f| (f.path, f.file))
+                .collect();
+            if sync_tx.send(durable).is_err() {
+                return Err(Error::Cancelled);
+            }
         }
     }
     Ok(())
@@ -335,11 +419,12 @@ fn sync_stripes(rx: Receiver<Vec<(PathBuf, File)>>) -> Result<()> {
     Ok(())
 }
 
-/// fsync every directory the plan created, deepest first, then the object directory.
-fn fsync_tree(root: &Path, plan: &[PlanStripe]) -> Result<()> {
+/// fsync every directory the plan created under root `index` (at `root`), deepest first,
+/// then `root` itself.
+fn fsync_tree(root: &Path, index: usize, plan: &[PlanStripe]) -> Result<()> {
     let mut dirs = BTreeSet::new();
     for stripe in plan {
-        for rel in stripe.data.iter().map(|d| &d.path).chain(&stripe.parity) {
+        for (_, rel) in stripe.targets().filter(|&(r, _)| r == index) {
             let mut p = root.join(rel);
             while p.pop() && p.starts_with(root) {
                 dirs.insert(p.clone());

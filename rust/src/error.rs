@@ -41,6 +41,30 @@ pub enum Error {
     #[error("{path}: the file changed while it was being committed")]
     SourceChanged { path: PathBuf },
 
+    /// A damaged shard of an object whose shards come from another source (not local
+    /// files) has nowhere to go once repaired: the reader was given no sink.
+    #[error(
+        "{path} (stripe {stripe}, shard {shard}): a remote object cannot be repaired here \
+         (no store for repaired shards)"
+    )]
+    NoSink {
+        stripe: usize,
+        shard: usize,
+        path: PathBuf,
+    },
+
+    /// The sink refused a repaired shard; whatever held the damaged shard is as it was, as
+    /// far as the sink guarantees.
+    #[error(
+        "{path} (stripe {stripe}, shard {shard}): storing the repaired shard failed: {message}"
+    )]
+    Store {
+        stripe: usize,
+        shard: usize,
+        path: PathBuf,
+        message: String,
+    },
+
     /// The caller asked the operation to stop.
     #[error("cancelled")]
     Cancelled,

@@ -8,7 +8,8 @@ use crate::codec::ALIGN;
 use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, Hash};
 
-/// One shard file: its path relative to the object directory, its length and chunk hashes.
+/// One shard file: its path, its length and chunk hashes. The path is relative to the
+/// object directory, or absolute for a shard kept elsewhere (on another volume).
 #[derive(Debug, Clone)]
 pub struct ShardSpec {
     pub path: PathBuf,
@@ -144,7 +145,8 @@ impl ObjectSpec {
         (stripe, shard, offset - start)
     }
 
-    /// Absolute path of shard `s` of stripe `stripe`.
+    /// Path of shard `s` of stripe `stripe`: under the object directory, or the shard's own
+    /// path when that is absolute.
     pub fn path(&self, stripe: usize, s: usize) -> PathBuf {
         self.root.join(&self.stripes[stripe].shard(s).path)
     }

@@ -28,13 +28,13 @@ mod python {
     use pyo3::types::PyBytes;
 
     use crate::cache::ChunkCache;
-    use crate::commit::{PlanShard, PlanStripe, Progress};
+    use crate::commit::{PlanParity, PlanShard, PlanStripe, Progress};
     use crate::error::Error;
     use crate::hashing::{self, Hash};
     use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
     use crate::reader::{BadShard, Reader};
     use crate::shardio::Problem;
-    use crate::source::ShardSource;
+    use crate::source::{ShardSink, ShardSource};
 
     create_exception!(
         _core,
@@ -159,6 +159,22 @@ mod python {
         }
     }
 
+    /// Repaired shards handed to a Python callable `store(stripe, shard, data)`; an
+    /// exception from it fails the repair with its message.
+    struct PyStore(Py<PyAny>);
+
+    impl ShardSink for PyStore {
+        fn store(&self, stripe: usize, shard: usize, data: &[u8]) -> Result<(), String> {
+            Python::attach(|py| {
+                let data = PyBytes::new(py, data);
+                self.0
+                    .call1(py, (stripe, shard, data))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
     /// A verified reader over one committed object.
     #[pyclass(frozen, name = "Object", module = "blockframe._core")]
     struct PyObjectReader {
@@ -168,14 +184,21 @@ mod python {
     #[pymethods]
     impl PyObjectReader {
         #[new]
-        #[pyo3(signature = (root, chunk_size, stripes, cache=None, fetch=None))]
+        #[pyo3(signature = (root, chunk_size, stripes, cache=None, fetch=None, store=None))]
         fn new(
             root: PathBuf,
             chunk_size: u64,
             stripes: Vec<(Vec<ShardArg>, Vec<ShardArg>)>,
             cache: Option<PyRef<'_, PyCache>>,
             fetch: Option<Py<PyAny>>,
+            store: Option<Py<PyAny>>,
         ) -> PyResult<Self> {
+            if store.is_some() && fetch.is_none() {
+                return Err(CoreError::new_err(
+                    "store is only for objects read through fetch: \
+                     a local object is repaired in place",
+                ));
+            }
             let stripes = stripes
                 .into_iter()
                 .map(|(data, parity)| {
@@ -194,6 +217,10 @@ mod python {
                 (Some(fetch), cache) => Reader::with_source(spec, cache, Box::new(PyFetch(fetch))),
                 (None, Some(cache)) => Reader::with_cache(spec, cache),
                 (None, None) => Reader::new(spec),
+            };
+            let reader = match store {
+                Some(store) => reader.with_sink(Box::new(PyStore(store))),
+                None => reader,
             };
             Ok(Self { reader })
         }
@@ -272,8 +299,9 @@ mod python {
             Ok((check.bad_chunks, check.damage.map(|d| d.as_str())))
         }
 
-        /// Rebuild a damaged shard in place (verified, atomic); returns (chunks rebuilt,
-        /// other shards found bad while rebuilding).
+        /// Rebuild a damaged shard (verified): in place and atomically for a local object,
+        /// through `store` for one read through `fetch`. Returns (chunks rebuilt, other
+        /// shards found bad while rebuilding).
         fn repair_shard(
             &self,
             py: Python<'_>,
@@ -281,6 +309,11 @@ mod python {
             shard: usize,
         ) -> PyResult<(u64, Vec<BadTuple>)> {
             self.check_index(stripe, shard)?;
+            if !self.reader.can_repair() {
+                return Err(CoreError::new_err(
+                    "a remote object cannot be repaired here: it was opened without a store",
+                ));
+            }
             let mut bad = Vec::new();
             let n = py
                 .detach(|| self.reader.repair_shard(stripe, shard, &mut bad))
@@ -292,11 +325,6 @@ mod python {
 
     impl PyObjectReader {
         fn check_index(&self, stripe: usize, shard: usize) -> PyResult<()> {
-            if !self.reader.is_local() {
-                return Err(CoreError::new_err(
-                    "a remote object is verified and repaired by its server",
-                ));
-            }
             let stripes = &self.reader.spec().stripes;
             if stripe >= stripes.len() || shard >= stripes[stripe].shard_count() {
                 return Err(CoreError::new_err(format!(
@@ -312,35 +340,93 @@ mod python {
     /// (content hash, per stripe the concatenated chunk hashes of each shard).
     type CommitResult<'py> = (Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>);
 
-    /// Write the shards of `source` under `root`. Calls `progress(bytes_done)` a few times
-    /// a second; Ctrl+C (or an exception from `progress`) cancels. Returns the BLAKE3 hash
-    /// of the file and, per stripe, the concatenated chunk hashes of each shard.
+    /// The commit plan: `stripes` with each shard's root index from `placement` (per
+    /// stripe, data then parity), or root 0 for all without one.
+    fn build_plan(
+        stripes: Vec<PlanArg>,
+        placement: Option<Vec<Vec<usize>>>,
+        roots: usize,
+    ) -> PyResult<Vec<PlanStripe>> {
+        if let Some(placement) = &placement {
+            if placement.len() != stripes.len() {
+                return Err(CoreError::new_err(format!(
+                    "placement has {} entries for {} stripes",
+                    placement.len(),
+                    stripes.len()
+                )));
+            }
+        }
+        stripes
+            .into_iter()
+            .enumerate()
+            .map(|(si, (data, parity))| {
+                let n = data.len() + parity.len();
+                let at = match &placement {
+                    Some(p) if p[si].len() != n => {
+                        return Err(CoreError::new_err(format!(
+                            "placement of stripe {si} has {} root indices for {n} shards",
+                            p[si].len()
+                        )));
+                    }
+                    Some(p) => p[si].clone(),
+                    None => vec![0; n],
+                };
+                if let Some(s) = at.iter().position(|&r| r >= roots) {
+                    return Err(CoreError::new_err(format!(
+                        "placement of stripe {si} shard {s}: root index {} out of range \
+                         ({roots} roots)",
+                        at[s]
+                    )));
+                }
+                let k = data.len();
+                Ok(PlanStripe {
+                    data: data
+                        .into_iter()
+                        .zip(&at)
+                        .map(|((path, len), &root)| PlanShard { root, path, len })
+                        .collect(),
+                    parity: parity
+                        .into_iter()
+                        .zip(&at[k..])
+                        .map(|(path, &root)| PlanParity { root, path })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Write the shards of `source` under `roots` ((directory, durable) pairs), each shard
+    /// under the root `placement` gives it (all under the first without one). Shards under
+    /// a durable root are fsynced with their directories; the others are only written.
+    /// Calls `progress(bytes_done)` a few times a second; Ctrl+C (or an exception from
+    /// `progress`) cancels. Returns the BLAKE3 hash of the file and, per stripe, the
+    /// concatenated chunk hashes of each shard.
     #[pyfunction]
-    #[pyo3(name = "commit", signature = (source, root, chunk_size, stripes, progress=None))]
+    #[pyo3(
+        name = "commit",
+        signature = (source, roots, chunk_size, stripes, progress=None, placement=None)
+    )]
+    #[allow(clippy::too_many_arguments)]
     fn commit_file<'py>(
         py: Python<'py>,
         source: PathBuf,
-        root: PathBuf,
+        roots: Vec<(PathBuf, bool)>,
         chunk_size: u64,
         stripes: Vec<PlanArg>,
         progress: Option<Py<PyAny>>,
+        placement: Option<Vec<Vec<usize>>>,
     ) -> PyResult<CommitResult<'py>> {
-        let plan: Vec<PlanStripe> = stripes
-            .into_iter()
-            .map(|(data, parity)| PlanStripe {
-                data: data
-                    .into_iter()
-                    .map(|(path, len)| PlanShard { path, len })
-                    .collect(),
-                parity,
-            })
-            .collect();
+        if roots.is_empty() {
+            return Err(CoreError::new_err("commit needs at least one root"));
+        }
+        let plan = build_plan(stripes, placement, roots.len())?;
         let state = Progress::default();
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
             std::thread::scope(|scope| {
-                let worker = scope
-                    .spawn(|| crate::commit::commit(&source, &root, chunk_size, &plan, &state));
+                let worker = scope.spawn(|| {
+                    crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state)
+                });
                 let mut last_report = Instant::now();
                 while !worker.is_finished() {
                     std::thread::sleep(Duration::from_millis(20));

@@ -12,8 +12,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, chunk_hash};
 use crate::layout::{ObjectSpec, ShardSpec};
-use crate::shardio::{read_range, read_range_into, AtomicFile, Problem};
-use crate::source::ShardSource;
+use crate::shardio::{read_range_into, AtomicFile, Problem};
+use crate::source::{ShardSink, ShardSource};
 
 /// Bytes verified, hashed or rebuilt per step when walking a whole shard.
 const WINDOW: u64 = 1 << 20;
@@ -128,12 +128,18 @@ fn copy_overlap(src: &[u8], src_start: u64, out: &mut [u8], want_start: u64) {
 
 /// A verified reader over one object. Cheap to share between threads: it holds no open
 /// files (a repaired shard is a new inode, so every read opens the current one).
+///
+/// Shards are local files under `spec.root` (a shard whose path is absolute lives where it
+/// says), or come from a [`ShardSource`]. Either way they can be read and verified; a local
+/// shard is repaired in place, a shard from a source only through a [`ShardSink`].
 pub struct Reader {
     spec: ObjectSpec,
     id: u64,
     cache: Option<Arc<ChunkCache>>,
     /// None: the shard files under `spec.root`.
     source: Option<Box<dyn ShardSource>>,
+    /// Where repaired shards of a source-backed reader go.
+    sink: Option<Box<dyn ShardSink>>,
 }
 
 impl Reader {
@@ -143,11 +149,13 @@ impl Reader {
             id: NEXT_READER_ID.fetch_add(1, Ordering::Relaxed),
             cache: None,
             source: None,
+            sink: None,
         }
     }
 
-    /// A reader whose shard bytes come from `source` instead of local files. Reads are
-    /// verified exactly as for local objects; verify_shard and repair_shard are local-only.
+    /// A reader whose shard bytes come from `source` instead of local files. Reads and
+    /// whole-shard verification work exactly as for local objects; repair needs a sink
+    /// (see [`Reader::with_sink`]).
     pub fn with_source(
         spec: ObjectSpec,
         cache: Option<Arc<ChunkCache>>,
@@ -160,9 +168,22 @@ impl Reader {
         }
     }
 
-    /// Whether shards are local files (and so can be verified whole and repaired).
+    /// Give a source-backed reader somewhere to put repaired shards: `repair_shard` hands
+    /// each complete, verified shard to `sink`. A local reader repairs its files in place
+    /// and never uses a sink.
+    pub fn with_sink(mut self, sink: Box<dyn ShardSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Whether shards are local files (rather than bytes from a source).
     pub fn is_local(&self) -> bool {
         self.source.is_none()
+    }
+
+    /// Whether `repair_shard` can write a repaired shard: local files, or a sink.
+    pub fn can_repair(&self) -> bool {
+        self.is_local() || self.sink.is_some()
     }
 
     /// Raw bytes of a shard range from the reader's source, zero-filled past what exists.
@@ -466,92 +487,165 @@ impl Reader {
         Ok(())
     }
 
-    /// Verify every chunk of one shard (data or parity) and its length.
+    /// Verify every chunk of one shard (data or parity) and its length, reading through
+    /// the reader's source (local files or another source) window by window.
     pub fn verify_shard(&self, stripe: usize, s: usize) -> ShardCheck {
         let spec = self.spec.stripes[stripe].shard(s);
-        let path = self.spec.path(stripe, s);
         let chunk = self.spec.chunk_size;
+        let count = chunk_count(spec.len, chunk);
         let mut check = ShardCheck::default();
-        let actual = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => {
-                check.bad_chunks = (0..chunk_count(spec.len, chunk)).collect();
-                check.damage = Some(Damage::Missing);
-                return check;
+        // A local file's length is known up front; a source's is probed at the end.
+        let local_len = if self.is_local() {
+            match fs::metadata(self.spec.path(stripe, s)) {
+                Ok(m) => Some(m.len()),
+                Err(_) => {
+                    check.bad_chunks = (0..count).collect();
+                    check.damage = Some(Damage::Missing);
+                    return check;
+                }
             }
+        } else {
+            None
         };
         let window = (WINDOW / chunk).max(1) * chunk;
+        let mut buf = vec![0u8; window.min(spec.len) as usize];
         let mut a = 0;
         while a < spec.len {
             let b = (a + window).min(spec.len);
-            let rr = read_range(&path, a, b);
+            let buf = &mut buf[..(b - a) as usize];
+            let (avail, problem) = self.fetch(stripe, s, a, buf);
             let first = a / chunk;
-            for (n, ok) in check_chunks(spec, chunk, first, &rr.buf, rr.avail)
+            for (n, ok) in check_chunks(spec, chunk, first, buf, avail)
                 .into_iter()
                 .enumerate()
             {
                 if !ok {
                     check.bad_chunks.push(first + n as u64);
-                    check.damage.get_or_insert(damage_of(rr.problem));
+                    check.damage.get_or_insert(damage_of(problem));
                 }
+            }
+            if avail < buf.len() && matches!(problem, Some(Problem::Missing | Problem::Short)) {
+                // Nothing exists past this window: every later chunk is bad too, and
+                // asking for it again (perhaps over the network) would tell nothing new.
+                check.bad_chunks.extend(b.div_ceil(chunk)..count);
+                break;
             }
             a = b;
         }
-        if actual > spec.len && check.damage.is_none() {
-            check.damage = Some(Damage::Oversized);
+        if check.damage.is_none() {
+            let oversized = match local_len {
+                Some(len) => len > spec.len,
+                None => self.source_has_more(stripe, s),
+            };
+            if oversized {
+                check.damage = Some(Damage::Oversized);
+            }
         }
         check
     }
 
+    /// Whether a source-backed shard holds bytes past its recorded length: asks the
+    /// source for the one byte after the end.
+    fn source_has_more(&self, stripe: usize, s: usize) -> bool {
+        let len = self.spec.stripes[stripe].shard(s).len;
+        self.fetch(stripe, s, len, &mut [0u8; 1]).0 > 0
+    }
+
     /// Rebuild shard `s` of `stripe` if it is damaged: good chunks are kept, bad ones are
-    /// rebuilt from verified survivors and checked against the manifest, and the result
-    /// replaces the shard through a synced temporary file. Returns the number of chunks
-    /// rebuilt (0 and nothing written when the shard was healthy). On failure the shard on
-    /// disk is left exactly as it was.
+    /// rebuilt from verified survivors and checked against the manifest.
+    ///
+    /// A local shard is replaced through a synced temporary file. A shard from another
+    /// source is assembled whole in memory (in the same pass that verifies it, so each
+    /// byte is fetched once) and handed to the reader's sink; without a sink a damaged
+    /// shard is an error. Returns the number of chunks rebuilt (0 and nothing written when
+    /// the shard was healthy). On failure nothing is written: a local shard is left
+    /// exactly as it was and the sink is not called.
     pub fn repair_shard(&self, stripe: usize, s: usize, bad: &mut Vec<BadShard>) -> Result<u64> {
-        let check = self.verify_shard(stripe, s);
-        if check.is_ok() {
-            return Ok(0);
-        }
         let spec = self.spec.stripes[stripe].shard(s);
         let path = self.spec.path(stripe, s);
         let chunk = self.spec.chunk_size;
         let window = (WINDOW / chunk).max(1) * chunk;
-        let mut out = AtomicFile::create(&path)?;
         let mut rebuilt = 0;
-        let mut a = 0;
-        while a < spec.len {
-            let b = (a + window).min(spec.len);
-            let c0 = a / chunk;
-            let rr = read_range(&path, a, b);
-            let valid = check_chunks(spec, chunk, c0, &rr.buf, rr.avail);
-            if valid.iter().all(|&v| v) {
-                out.write_all(&rr.buf)?;
-            } else {
-                // Rebuild only this shard's runs of bad chunks, so that a position beyond
-                // parity elsewhere in the window does not block repairing its own damage.
-                let mut bytes = rr.buf;
-                let mut r0 = 0;
-                while r0 < valid.len() {
-                    if valid[r0] {
-                        r0 += 1;
-                        continue;
-                    }
-                    let r1 = (r0..valid.len()).find(|&r| valid[r]).unwrap_or(valid.len());
-                    let piece = self.rebuild_run(stripe, s, c0 + r0 as u64, c0 + r1 as u64, bad)?;
-                    let lo = r0 * chunk as usize;
-                    bytes[lo..lo + piece.len()].copy_from_slice(&piece);
-                    rebuilt += (r1 - r0) as u64;
-                    r0 = r1;
-                }
-                out.write_all(&bytes)?;
+        if self.is_local() {
+            if self.verify_shard(stripe, s).is_ok() {
+                return Ok(0);
             }
-            a = b;
+            let mut out = AtomicFile::create(&path)?;
+            let mut buf = vec![0u8; window.min(spec.len) as usize];
+            let mut a = 0;
+            while a < spec.len {
+                let b = (a + window).min(spec.len);
+                let buf = &mut buf[..(b - a) as usize];
+                rebuilt += self.mend_window(stripe, s, a, buf, bad)?;
+                out.write_all(buf)?;
+                a = b;
+            }
+            out.commit()?;
+        } else {
+            let Some(sink) = &self.sink else {
+                if self.verify_shard(stripe, s).is_ok() {
+                    return Ok(0);
+                }
+                return Err(Error::NoSink {
+                    stripe,
+                    shard: s,
+                    path,
+                });
+            };
+            let mut whole = vec![0u8; spec.len as usize];
+            for (w, buf) in whole.chunks_mut(window as usize).enumerate() {
+                rebuilt += self.mend_window(stripe, s, w as u64 * window, buf, bad)?;
+            }
+            // Every kind of damage but a tail past the end shows as bad chunks.
+            if rebuilt == 0 && !self.source_has_more(stripe, s) {
+                return Ok(0);
+            }
+            sink.store(stripe, s, &whole)
+                .map_err(|message| Error::Store {
+                    stripe,
+                    shard: s,
+                    path,
+                    message,
+                })?;
         }
-        out.commit()?;
-        // A truncated-but-otherwise-valid or oversized file has no bad chunk but still
+        // A truncated-but-otherwise-valid or oversized shard has no bad chunk but still
         // needed rewriting; count it as one.
         Ok(rebuilt.max(1))
+    }
+
+    /// Fill `buf` with the verified bytes of shard `s` from offset `a` (a chunk boundary):
+    /// read them, and rebuild the chunks that fail verification. Returns how many chunks
+    /// were rebuilt.
+    fn mend_window(
+        &self,
+        stripe: usize,
+        s: usize,
+        a: u64,
+        buf: &mut [u8],
+        bad: &mut Vec<BadShard>,
+    ) -> Result<u64> {
+        let spec = self.spec.stripes[stripe].shard(s);
+        let chunk = self.spec.chunk_size;
+        let c0 = a / chunk;
+        let (avail, _) = self.fetch(stripe, s, a, buf);
+        let valid = check_chunks(spec, chunk, c0, buf, avail);
+        // Rebuild only this shard's runs of bad chunks, so that a position beyond parity
+        // elsewhere in the window does not block repairing its own damage.
+        let mut rebuilt = 0;
+        let mut r0 = 0;
+        while r0 < valid.len() {
+            if valid[r0] {
+                r0 += 1;
+                continue;
+            }
+            let r1 = (r0..valid.len()).find(|&r| valid[r]).unwrap_or(valid.len());
+            let piece = self.rebuild_run(stripe, s, c0 + r0 as u64, c0 + r1 as u64, bad)?;
+            let lo = r0 * chunk as usize;
+            buf[lo..lo + piece.len()].copy_from_slice(&piece);
+            rebuilt += (r1 - r0) as u64;
+            r0 = r1;
+        }
+        Ok(rebuilt)
     }
 
     /// Chunks `[j0, j1)` of shard `s` rebuilt from verified survivors (a parity shard is

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use blockframe_core::codec;
-use blockframe_core::commit::{self, CommitOutput, PlanShard, PlanStripe, Progress};
+use blockframe_core::commit::{self, CommitOutput, PlanParity, PlanShard, PlanStripe, Progress};
 use blockframe_core::hashing::{self, Hash};
 use blockframe_core::layout::{ObjectSpec, ShardSpec, StripeSpec};
 use blockframe_core::reader::{BadShard, Damage, Reader};
@@ -492,13 +492,17 @@ fn make_plan(size: u64, g: Geometry) -> Vec<PlanStripe> {
                 break;
             }
             data.push(PlanShard {
+                root: 0,
                 path: format!("blocks/block_{b}/segments/segment_{i}.dat").into(),
                 len,
             });
             offset += len;
         }
         let parity = (0..g.m)
-            .map(|j| format!("blocks/block_{b}/parity/parity_{j}.dat").into())
+            .map(|j| PlanParity {
+                root: 0,
+                path: format!("blocks/block_{b}/parity/parity_{j}.dat").into(),
+            })
             .collect();
         plan.push(PlanStripe { data, parity });
     }
@@ -510,6 +514,46 @@ fn make_plan(size: u64, g: Geometry) -> Vec<PlanStripe> {
 fn parity_len(stripe: &PlanStripe) -> u64 {
     let longest = stripe.data.iter().map(|d| d.len).max().unwrap();
     longest.div_ceil(64) * 64
+}
+
+/// The layout of a committed plan: each shard's path is `place(root index, planned path)`.
+fn layout_of(
+    plan: &[PlanStripe],
+    out: &CommitOutput,
+    chunk: u64,
+    root: &Path,
+    place: &dyn Fn(usize, &Path) -> PathBuf,
+) -> ObjectSpec {
+    let stripes = plan
+        .iter()
+        .zip(&out.hashes)
+        .map(|(st, hashes)| {
+            let k = st.data.len();
+            StripeSpec {
+                data: st
+                    .data
+                    .iter()
+                    .zip(&hashes[..k])
+                    .map(|(d, h)| ShardSpec {
+                        path: place(d.root, &d.path),
+                        len: d.len,
+                        hashes: h.clone(),
+                    })
+                    .collect(),
+                parity: st
+                    .parity
+                    .iter()
+                    .zip(&hashes[k..])
+                    .map(|(p, h)| ShardSpec {
+                        path: place(p.root, &p.path),
+                        len: parity_len(st),
+                        hashes: h.clone(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    ObjectSpec::new(root, chunk, stripes).expect("a committed object is a valid layout")
 }
 
 struct Fixture {
@@ -548,38 +592,13 @@ impl Fixture {
     }
 
     fn spec(&self) -> ObjectSpec {
-        let stripes = self
-            .plan
-            .iter()
-            .zip(&self.out.hashes)
-            .map(|(st, hashes)| {
-                let k = st.data.len();
-                StripeSpec {
-                    data: st
-                        .data
-                        .iter()
-                        .zip(&hashes[..k])
-                        .map(|(d, h)| ShardSpec {
-                            path: d.path.clone(),
-                            len: d.len,
-                            hashes: h.clone(),
-                        })
-                        .collect(),
-                    parity: st
-                        .parity
-                        .iter()
-                        .zip(&hashes[k..])
-                        .map(|(p, h)| ShardSpec {
-                            path: p.clone(),
-                            len: parity_len(st),
-                            hashes: h.clone(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        ObjectSpec::new(&self.root, self.g.chunk, stripes)
-            .expect("a committed object is a valid layout")
+        layout_of(
+            &self.plan,
+            &self.out,
+            self.g.chunk,
+            &self.root,
+            &|_, rel| rel.to_path_buf(),
+        )
     }
 
     fn reader(&self) -> Reader {
@@ -592,7 +611,7 @@ impl Fixture {
         if s < st.data.len() {
             &st.data[s].path
         } else {
-            &st.parity[s - st.data.len()]
+            &st.parity[s - st.data.len()].path
         }
     }
 
@@ -1649,7 +1668,7 @@ fn commit_errors() {
         "",
     ] {
         let mut plan = make_plan(5000, g);
-        plan[0].parity[0] = PathBuf::from(bad);
+        plan[0].parity[0].path = PathBuf::from(bad);
         let root = dir.path().join("escape");
         let err = commit::commit(&source, &root, g.chunk, &plan, &Progress::default()).unwrap_err();
         assert!(matches!(err, Error::Layout(_)), "{bad:?}: {err:?}");
@@ -1792,7 +1811,7 @@ fn cache_holds_rebuilt_chunks_and_never_unverified_ones() {
         .data
         .iter()
         .map(|d| &d.path)
-        .chain(&f.plan[0].parity)
+        .chain(f.plan[0].parity.iter().map(|p| &p.path))
     {
         fs::remove_file(f.root.join(p)).unwrap();
     }
@@ -1850,7 +1869,7 @@ fn reader_over_another_source_verifies_and_rebuilds() {
             st.data
                 .iter()
                 .map(|d| d.path.clone())
-                .chain(st.parity.iter().cloned())
+                .chain(st.parity.iter().map(|p| p.path.clone()))
                 .collect()
         })
         .collect();
@@ -1904,4 +1923,480 @@ fn reader_over_another_source_verifies_and_rebuilds() {
     );
     // Whatever the buffer holds after the error is either verified file bytes or zeros.
     assert!(out.iter().zip(&f.data).all(|(&o, &d)| o == 0 || o == d));
+}
+
+// ---------------------------------------------------------------------------------------
+// Commits spread over several roots (volumes).
+
+/// Every file under `dir` (relative to it), or nothing when `dir` does not exist.
+fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+    if dir.exists() {
+        list_files(dir)
+    } else {
+        BTreeSet::new()
+    }
+}
+
+#[test]
+fn commit_to_several_roots_places_every_shard() {
+    let g = Geometry {
+        k: 3,
+        m: 2,
+        seg: 1000,
+        chunk: 256,
+    };
+    let size = 8500;
+    // The same file committed to one root is the reference.
+    let f = Fixture::new(size, g, 31);
+    let expected = f.expected_shards();
+    let dir = tempfile::tempdir().unwrap();
+    let roots: Vec<(PathBuf, bool)> = vec![
+        (dir.path().join("vol0"), true),
+        (dir.path().join("vol1"), true),
+        (dir.path().join("scratch"), false),
+    ];
+    // Data shards round-robin over the two durable volumes, parity 0 on vol1, parity 1 on
+    // the non-durable scratch root (to be uploaded elsewhere).
+    let mut plan = make_plan(size, g);
+    for (si, st) in plan.iter_mut().enumerate() {
+        for (i, d) in st.data.iter_mut().enumerate() {
+            d.root = (si + i) % 2;
+        }
+        st.parity[0].root = 1;
+        st.parity[1].root = 2;
+    }
+    let progress = Progress::default();
+    let out = commit::commit_to_roots(&f.source, &roots, g.chunk, &plan, &progress).unwrap();
+    assert_eq!(out.content_hash, f.out.content_hash);
+    assert_eq!(
+        out.hashes, f.out.hashes,
+        "placement does not change any hash"
+    );
+    assert_eq!(progress.done.load(Ordering::Relaxed), size);
+
+    // Each root holds exactly its shards, with the bytes of the one-root commit.
+    let mut wanted: Vec<BTreeSet<PathBuf>> = vec![BTreeSet::new(); roots.len()];
+    for (si, st) in plan.iter().enumerate() {
+        let targets = st
+            .data
+            .iter()
+            .map(|d| (d.root, &d.path))
+            .chain(st.parity.iter().map(|p| (p.root, &p.path)));
+        for (s, (r, rel)) in targets.enumerate() {
+            wanted[r].insert(rel.clone());
+            let bytes = fs::read(roots[r].0.join(rel)).unwrap();
+            assert!(
+                bytes == expected[si][s],
+                "stripe {si} shard {s} on root {r}"
+            );
+        }
+    }
+    for (r, (root, _)) in roots.iter().enumerate() {
+        assert_eq!(files_under(root), wanted[r], "root {r}");
+    }
+
+    // A layout of absolute shard paths (one per volume) reads, verifies and repairs like a
+    // local object; its own root is never used.
+    let spec = layout_of(
+        &plan,
+        &out,
+        g.chunk,
+        &dir.path().join("unused"),
+        &|r, rel| roots[r].0.join(rel),
+    );
+    assert!(spec.path(0, 0).is_absolute());
+    let reader = Reader::new(spec);
+    let mut all = vec![0u8; size as usize];
+    let mut bad = Vec::new();
+    reader.read(0, &mut all, &mut bad).unwrap();
+    assert!(all == f.data && bad.is_empty());
+    let victim = roots[1].0.join(&plan[1].data[0].path);
+    Harm::Flip(300).apply(&victim);
+    let parity = roots[2].0.join(&plan[1].parity[1].path);
+    Harm::Delete.apply(&parity);
+    assert_eq!(reader.verify_shard(1, 0).bad_chunks, vec![1]);
+    assert_eq!(reader.verify_shard(1, 4).damage, Some(Damage::Missing));
+    assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 1);
+    assert_eq!(reader.repair_shard(1, 4, &mut Vec::new()).unwrap(), 4);
+    assert!(fs::read(&victim).unwrap() == expected[1][0]);
+    assert!(fs::read(&parity).unwrap() == expected[1][4]);
+    for (root, _) in &roots {
+        assert_no_temporaries(root);
+    }
+    assert!(!dir.path().join("unused").exists());
+
+    // Everything on one non-durable root works the same.
+    let scratch = vec![(dir.path().join("only-scratch"), false)];
+    let out = commit::commit_to_roots(
+        &f.source,
+        &scratch,
+        g.chunk,
+        &make_plan(size, g),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert_eq!(out.hashes, f.out.hashes);
+    assert_eq!(files_under(&scratch[0].0), list_files(&f.root));
+    for (si, st) in expected.iter().enumerate() {
+        for (s, want) in st.iter().enumerate() {
+            assert!(fs::read(scratch[0].0.join(f.rel(si, s))).unwrap() == *want);
+        }
+    }
+}
+
+#[test]
+fn commit_to_roots_rejects_bad_placements() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    fs::write(&source, Rng::new(32).bytes(5000)).unwrap();
+    let g = Geometry {
+        k: 2,
+        m: 1,
+        seg: 1000,
+        chunk: 256,
+    };
+    let roots = vec![(dir.path().join("a"), true), (dir.path().join("b"), false)];
+    let nothing_written = |roots: &[(PathBuf, bool)]| roots.iter().all(|(r, _)| !r.exists());
+
+    // A root index past the roots, on a data shard and on a parity shard.
+    for parity in [false, true] {
+        let mut plan = make_plan(5000, g);
+        if parity {
+            plan[2].parity[0].root = 2;
+        } else {
+            plan[1].data[1].root = 5;
+        }
+        let err = commit::commit_to_roots(&source, &roots, g.chunk, &plan, &Progress::default())
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Layout(m) if m.contains("root index")),
+            "{err:?}"
+        );
+        assert!(nothing_written(&roots));
+    }
+    // No roots at all.
+    let err = commit::commit_to_roots(
+        &source,
+        &[],
+        g.chunk,
+        &make_plan(5000, g),
+        &Progress::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    // The one-root wrapper refuses any other index.
+    let mut plan = make_plan(5000, g);
+    plan[0].data[0].root = 1;
+    let err =
+        commit::commit(&source, &roots[0].0, g.chunk, &plan, &Progress::default()).unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    // Paths stay relative to their root, whichever root it is.
+    let mut plan = make_plan(5000, g);
+    plan[1].parity[0].root = 1;
+    plan[1].parity[0].path = dir.path().join("escape.dat");
+    let err =
+        commit::commit_to_roots(&source, &roots, g.chunk, &plan, &Progress::default()).unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    assert!(nothing_written(&roots) && !dir.path().join("escape.dat").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Verify and repair through a shard source and sink (shards kept in object storage).
+
+/// Shards held in memory: a source to read them from and a sink repaired shards go to.
+#[derive(Default)]
+struct Bucket {
+    /// Per stripe and shard: its bytes, or None when missing.
+    shards: std::sync::Mutex<Vec<Vec<Option<Vec<u8>>>>>,
+    /// Every store call: (stripe, shard, bytes).
+    stored: std::sync::Mutex<Vec<(usize, usize, Vec<u8>)>>,
+    fetches: std::sync::atomic::AtomicUsize,
+    /// When set, the sink refuses every shard with this message.
+    refuse: Option<String>,
+}
+
+impl Bucket {
+    /// A bucket holding the current shard files of a fixture.
+    fn of(f: &Fixture) -> std::sync::Arc<Self> {
+        let shards = (0..f.plan.len())
+            .map(|si| {
+                (0..f.shard_count(si))
+                    .map(|s| fs::read(f.path(si, s)).ok())
+                    .collect()
+            })
+            .collect();
+        std::sync::Arc::new(Self {
+            shards: std::sync::Mutex::new(shards),
+            ..Self::default()
+        })
+    }
+
+    fn edit(&self, stripe: usize, shard: usize, how: impl FnOnce(&mut Option<Vec<u8>>)) {
+        how(&mut self.shards.lock().unwrap()[stripe][shard]);
+    }
+
+    fn get(&self, stripe: usize, shard: usize) -> Option<Vec<u8>> {
+        self.shards.lock().unwrap()[stripe][shard].clone()
+    }
+
+    fn stores(&self) -> Vec<(usize, usize, Vec<u8>)> {
+        self.stored.lock().unwrap().clone()
+    }
+}
+
+/// A handle on a shared bucket, as the reader owns its source and sink.
+struct BucketHandle(std::sync::Arc<Bucket>);
+
+impl blockframe_core::source::ShardSource for BucketHandle {
+    fn read_range(
+        &self,
+        stripe: usize,
+        shard: usize,
+        start: u64,
+        buf: &mut [u8],
+    ) -> (usize, Option<blockframe_core::shardio::Problem>) {
+        use blockframe_core::shardio::Problem;
+        self.0.fetches.fetch_add(1, Ordering::Relaxed);
+        match &self.0.shards.lock().unwrap()[stripe][shard] {
+            None => (0, Some(Problem::Missing)),
+            Some(bytes) => {
+                let start = (start as usize).min(bytes.len());
+                let n = (bytes.len() - start).min(buf.len());
+                buf[..n].copy_from_slice(&bytes[start..start + n]);
+                (n, (n < buf.len()).then_some(Problem::Short))
+            }
+        }
+    }
+}
+
+impl blockframe_core::source::ShardSink for BucketHandle {
+    fn store(&self, stripe: usize, shard: usize, data: &[u8]) -> Result<(), String> {
+        if let Some(message) = &self.0.refuse {
+            return Err(message.clone());
+        }
+        self.0
+            .stored
+            .lock()
+            .unwrap()
+            .push((stripe, shard, data.to_vec()));
+        self.0.edit(stripe, shard, |s| *s = Some(data.to_vec()));
+        Ok(())
+    }
+}
+
+fn bucket_reader(f: &Fixture, bucket: &std::sync::Arc<Bucket>, sink: bool) -> Reader {
+    let source = Box::new(BucketHandle(std::sync::Arc::clone(bucket)));
+    let reader = Reader::with_source(f.spec(), None, source);
+    if sink {
+        reader.with_sink(Box::new(BucketHandle(std::sync::Arc::clone(bucket))))
+    } else {
+        reader
+    }
+}
+
+#[test]
+fn verify_through_a_source_matches_local_verification() {
+    let f = damage_fixture(41);
+    // The same damage as the local verification test, done to the files first.
+    let harms: [(usize, usize, Harm); 7] = [
+        (0, 1, Harm::Flip(999)),
+        (0, 2, Harm::Truncate(512)),
+        (2, 3, Harm::Truncate(300)),
+        (0, 4, Harm::Append),
+        (1, 0, Harm::Delete),
+        (1, 4, Harm::ZeroFill),
+        (2, 2, Harm::Flip(499)),
+    ];
+    for &(stripe, s, harm) in &harms {
+        harm.apply(&f.path(stripe, s));
+    }
+    let bucket = Bucket::of(&f);
+    let remote = bucket_reader(&f, &bucket, false);
+    let local = f.reader();
+    assert!(!remote.is_local() && !remote.can_repair() && local.can_repair());
+    for si in 0..f.plan.len() {
+        for s in 0..f.shard_count(si) {
+            let (l, r) = (local.verify_shard(si, s), remote.verify_shard(si, s));
+            assert_eq!(
+                (l.damage, &l.bad_chunks),
+                (r.damage, &r.bad_chunks),
+                "{si}/{s}"
+            );
+            let harm = harms.iter().find(|h| (h.0, h.1) == (si, s));
+            assert_eq!(r.damage, harm.map(|h| h.2.damage()), "{si}/{s}");
+        }
+    }
+    // Without a sink, a damaged shard cannot be repaired and a healthy one needs nothing.
+    assert_eq!(remote.repair_shard(0, 0, &mut Vec::new()).unwrap(), 0);
+    let err = remote.repair_shard(0, 1, &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(&err, Error::NoSink { stripe: 0, shard: 1, path } if *path == f.path(0, 1)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("cannot be repaired here"), "{err}");
+    assert!(bucket.stores().is_empty());
+}
+
+#[test]
+fn repair_through_a_sink_restores_exact_bytes() {
+    let f = damage_fixture(42);
+    let originals = f.expected_shards();
+    let bucket = Bucket::of(&f);
+    let reader = bucket_reader(&f, &bucket, true);
+    assert!(reader.can_repair());
+    // Healthy shards: nothing is stored.
+    for si in 0..f.plan.len() {
+        for s in 0..f.shard_count(si) {
+            assert_eq!(reader.repair_shard(si, s, &mut Vec::new()).unwrap(), 0);
+        }
+    }
+    assert!(bucket.stores().is_empty());
+
+    // (stripe, shard, damage, chunks rebuilt)
+    let flip = |at: usize| move |s: &mut Option<Vec<u8>>| s.as_mut().unwrap()[at] ^= 0x40;
+    type Edit = Box<dyn Fn(&mut Option<Vec<u8>>)>;
+    let cases: Vec<(usize, usize, Edit, Damage, u64)> = vec![
+        (1, 0, Box::new(flip(600)), Damage::Corrupt, 1),
+        (0, 4, Box::new(|s| *s = None), Damage::Missing, 4),
+        (
+            2,
+            2,
+            Box::new(|s| s.as_mut().unwrap().truncate(100)),
+            Damage::Short,
+            2,
+        ),
+        (
+            2,
+            3,
+            Box::new(|s| s.as_mut().unwrap().extend_from_slice(b"not ours")),
+            Damage::Oversized,
+            1,
+        ),
+    ];
+    for (n, (stripe, s, harm, damage, rebuilt)) in cases.iter().enumerate() {
+        bucket.edit(*stripe, *s, harm);
+        assert_eq!(reader.verify_shard(*stripe, *s).damage, Some(*damage));
+        let mut bad = Vec::new();
+        let got = reader.repair_shard(*stripe, *s, &mut bad).unwrap();
+        assert_eq!(got, *rebuilt, "{stripe}/{s} {damage:?}");
+        let stores = bucket.stores();
+        assert_eq!(stores.len(), n + 1, "one store per repair");
+        let (ss, sh, bytes) = &stores[n];
+        assert_eq!((*ss, *sh), (*stripe, *s));
+        assert!(
+            *bytes == originals[*stripe][*s],
+            "{stripe}/{s}: stored bytes"
+        );
+        assert!(reader.verify_shard(*stripe, *s).is_ok());
+        assert_eq!(
+            reader.repair_shard(*stripe, *s, &mut Vec::new()).unwrap(),
+            0
+        );
+    }
+    // The local files were never touched.
+    for (si, shards) in originals.iter().enumerate() {
+        for (s, want) in shards.iter().enumerate() {
+            assert!(fs::read(f.path(si, s)).unwrap() == *want);
+        }
+    }
+
+    // Beyond parity: three shards of stripe 1 bad in chunk 1 (m = 2). Repair fails, no
+    // store is made, and the bucket is left as it was.
+    for (s, at) in [(0, 300), (1, 400), (3, 500)] {
+        bucket.edit(1, s, flip(at));
+    }
+    let before: Vec<Option<Vec<u8>>> = (0..5).map(|s| bucket.get(1, s)).collect();
+    let stores = bucket.stores().len();
+    for s in [0, 1, 3] {
+        let err = reader.repair_shard(1, s, &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, Error::Unrecoverable { stripe: 1, .. }),
+            "{s}: {err:?}"
+        );
+    }
+    assert_eq!(
+        bucket.stores().len(),
+        stores,
+        "a failed repair stores nothing"
+    );
+    for (s, snap) in before.iter().enumerate() {
+        assert_eq!(&bucket.get(1, s), snap);
+    }
+    // Once a shard comes back the rest repairs exactly.
+    bucket.edit(1, 1, |s| *s = Some(originals[1][1].clone()));
+    assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 1);
+    assert_eq!(reader.repair_shard(1, 3, &mut Vec::new()).unwrap(), 1);
+    for (s, want) in originals[1].iter().enumerate() {
+        assert!(bucket.get(1, s).unwrap() == *want);
+    }
+    let mut all = vec![0u8; f.data.len()];
+    let mut bad = Vec::new();
+    reader.read(0, &mut all, &mut bad).unwrap();
+    assert!(all == f.data && bad.is_empty());
+}
+
+#[test]
+fn a_refused_store_is_an_error_with_context() {
+    let f = damage_fixture(43);
+    let mut bucket = std::sync::Arc::into_inner(Bucket::of(&f)).unwrap();
+    bucket.refuse = Some("bucket is read-only".into());
+    let bucket = std::sync::Arc::new(bucket);
+    let reader = bucket_reader(&f, &bucket, true);
+    bucket.edit(2, 1, |s| *s = None);
+    let err = reader.repair_shard(2, 1, &mut Vec::new()).unwrap_err();
+    match &err {
+        Error::Store {
+            stripe,
+            shard,
+            path,
+            message,
+        } => {
+            assert_eq!((*stripe, *shard, path), (2, 1, &f.path(2, 1)));
+            assert_eq!(message, "bucket is read-only");
+        }
+        other => panic!("expected Store, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("bucket is read-only") && text.contains("stripe 2"),
+        "{text}"
+    );
+    assert_eq!(bucket.get(2, 1), None);
+}
+
+#[test]
+fn source_repair_of_a_shard_longer_than_a_window() {
+    // Shards of 1 MiB + 70000 bytes with 192 KiB chunks: the reader's window is 5 chunks,
+    // so repair assembles the shard from two windows.
+    let g = Geometry {
+        k: 2,
+        m: 1,
+        seg: (1 << 20) + 70000,
+        chunk: 3 << 16,
+    };
+    let f = Fixture::new(2 * g.seg, g, 44);
+    let originals = f.expected_shards();
+    let bucket = Bucket::of(&f);
+    let reader = bucket_reader(&f, &bucket, true);
+    bucket.edit(0, 0, |s| s.as_mut().unwrap()[(1 << 20) + 65536 + 5] ^= 1);
+    assert_eq!(reader.verify_shard(0, 0).bad_chunks, vec![5]);
+    assert_eq!(reader.repair_shard(0, 0, &mut Vec::new()).unwrap(), 1);
+    assert!(bucket.get(0, 0).unwrap() == originals[0][0]);
+
+    // A missing shard is verified with one fetch, not one per window.
+    bucket.edit(0, 2, |s| *s = None);
+    bucket.fetches.store(0, Ordering::Relaxed);
+    let check = reader.verify_shard(0, 2);
+    assert_eq!(check.damage, Some(Damage::Missing));
+    assert_eq!(check.bad_chunks, (0..6).collect::<Vec<u64>>());
+    assert_eq!(bucket.fetches.load(Ordering::Relaxed), 1);
+    assert_eq!(reader.repair_shard(0, 2, &mut Vec::new()).unwrap(), 6);
+    assert!(bucket.get(0, 2).unwrap() == originals[0][2]);
+    // A shard cut short in its first window: every later chunk is bad, counted exactly.
+    bucket.edit(0, 1, |s| s.as_mut().unwrap().truncate(1000));
+    let check = reader.verify_shard(0, 1);
+    assert_eq!(check.damage, Some(Damage::Short));
+    assert_eq!(check.bad_chunks, (0..6).collect::<Vec<u64>>());
+    assert_eq!(reader.repair_shard(0, 1, &mut Vec::new()).unwrap(), 6);
+    assert!(bucket.get(0, 1).unwrap() == originals[0][1]);
 }

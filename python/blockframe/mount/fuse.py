@@ -115,8 +115,9 @@ class BlockFrameFS(mfusepy.Operations):
         except OSError as e:
             log.debug("readahead not raised: %s", e)
         files, _ = self.view.totals()
+        where = getattr(self.view.archive, "location", self.view.archive.root)
         print(
-            f"blockframe: mounted {self.view.archive.root} at {self.mountpoint} "
+            f"blockframe: mounted {where} at {self.mountpoint} "
             f"({files} files); Ctrl+C to unmount",
             file=sys.stderr,
             flush=True,

@@ -1,0 +1,290 @@
+"""An archive whose objects are spread over volumes (directories and S3 buckets).
+
+Commit order (FORMAT.md, "Volume archives"): the core writes the shards into a staging
+directory on each local volume (and into a local temporary directory for each S3 volume);
+each object directory first gets a ``.committing`` marker, then its shards (local: the
+staging directory is renamed into place; S3: uploaded); only when every shard of every
+volume is in place are the manifests written, on every volume, and the markers removed. An
+object is visible once a manifest exists, so a crash leaves either nothing visible (a
+marked directory that ``health`` removes) or a complete object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from blockframe import _core, layout
+from blockframe.archive import (
+    STAGING,
+    TRASH,
+    Archive,
+    Entry,
+    Progress,
+    _manifest,
+    dirname_for,
+    validate_name,
+)
+from blockframe.config import S3Config, StorageConfig, check_storage
+from blockframe.errors import ArchiveError, ConflictError, ManifestError, SourceError
+from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
+from blockframe.store import Volume
+from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
+
+log = logging.getLogger(__name__)
+
+UPLOADS = 4  # shard files uploaded to S3 at once
+
+
+class VolumeArchive(Archive):
+    """The objects of ``volumes``; same interface as :class:`Archive`."""
+
+    def __init__(self, volumes: VolumeSet, storage: StorageConfig | None = None) -> None:
+        self.volumes = volumes
+        self.storage = storage or StorageConfig()
+        check_storage(self.storage)
+        first_local = next(
+            (p for _, v in volumes.present_volumes() if (p := v.local_path()) is not None), None
+        )
+        # Where per-archive local state lives (health freshness); display uses `location`.
+        self.root = first_local or Path(volumes.location)
+
+    @property
+    def location(self) -> str:
+        return self.volumes.location
+
+    @property
+    def state_root(self) -> Path:
+        """The first present local volume; for an archive only in buckets, a per-archive
+        directory in the user's cache (freshness is a local record, not archive data)."""
+        for _, vol in self.volumes.present_volumes():
+            local = vol.local_path()
+            if local is not None:
+                return local
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(cache) / "blockframe" / self.volumes.archive_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _require(self) -> None:
+        if not self.volumes.present:
+            raise ArchiveError(f"{self.location}: no volume of the archive is present")
+
+    def _names(self) -> list[str]:
+        self._require()
+        names: set[str] = set()
+        for _, vol in self.volumes.present_volumes():
+            try:
+                names.update(vol.listdir())
+            except OSError as e:
+                log.warning("%s: cannot list volume: %s", vol.location, e)
+        return sorted(names)
+
+    def _load(self, dirname: str) -> Entry | None:
+        loaded = self.volumes.load_manifest(dirname)
+        m = loaded.manifest
+        try:
+            validate_name(m.name)
+        except Exception:
+            raise ManifestError(f"{dirname}: invalid object name in manifest") from None
+        if dirname != dirname_for(m.name, m.id):
+            raise ManifestError(f"{dirname}: directory name does not match its manifest")
+        for problem in loaded.problems:
+            log.warning("%s: %s", dirname, problem)
+        for copy in loaded.repaired:
+            log.warning("%s: %s rewritten from the good copy", dirname, copy)
+        return Entry(m.name, self._path(dirname), m, loaded.repaired, self.volumes)
+
+    def _path(self, dirname: str) -> Path:
+        return self.root / dirname
+
+    def entry_for(self, dirname: str) -> Entry:
+        """The entry of one object directory (health uses this)."""
+        entry = self._load(dirname)
+        assert entry is not None
+        return entry
+
+    def _exists(self) -> bool:
+        return bool(self.volumes.present)
+
+    # -- commit ---------------------------------------------------------------------------
+
+    def _prepare_root(self) -> None:
+        vs = self.volumes
+        if not vs.labelled:
+            # A new archive: its volumes are created. Once labelled, an absent volume is a
+            # lost one and is never recreated behind the user's back.
+            for i, vol in sorted(vs.slots.items()):
+                try:
+                    local = vol.local_path()
+                    if local is not None:
+                        local.mkdir(parents=True, exist_ok=True)
+                    else:
+                        create = getattr(vol, "create_bucket", None)
+                        if create is not None:
+                            create()
+                except OSError as e:
+                    raise ArchiveError(f"{vol.location}: cannot create volume: {e}") from None
+                vs.present.add(i)
+        if not vs.present:
+            raise ArchiveError(f"{self.location}: no volume of the archive is present")
+        for _, vol in vs.present_volumes():
+            if vol.is_local:
+                path = vol.local_path()
+                assert path is not None
+                try:
+                    (path / STAGING).mkdir(exist_ok=True)
+                except OSError as e:
+                    raise ArchiveError(f"{vol.location}: cannot write: {e.strerror}") from None
+        absent = sorted(set(vs.slots) - vs.present)
+        if absent:
+            log.warning(
+                "volumes %s are absent: new objects are spread over the %d present ones",
+                ", ".join(vs.slots[i].location for i in absent),
+                len(vs.present),
+            )
+        vs.label_all()
+
+    def _write_object(self, src: Path, size: int, name: str, progress: Progress | None) -> Entry:
+        vs = self.volumes
+        present = sorted(vs.present)
+        storage = adapted_storage(self.storage, len(present))
+        tier, stripes = layout.plan(size, storage)
+        placement = [
+            place(si, len(st.data) + len(st.parity), present) for si, st in enumerate(stripes)
+        ]
+        stage_id = uuid.uuid4().hex
+        roots: list[tuple[str, bool]] = []
+        root_of: dict[int, int] = {}
+        stages: dict[int, Path] = {}
+        try:
+            for i in present:
+                vol = vs.slots[i]
+                local = vol.local_path()
+                if local is not None:
+                    stage = local / STAGING / stage_id
+                    durable = True
+                else:
+                    # Shards bound for a bucket are staged in local temporary space
+                    # (not synced: the bucket makes them durable).
+                    stage = Path(tempfile.mkdtemp(prefix="blockframe-s3-"))
+                    durable = False
+                stage.mkdir(exist_ok=True)
+                stages[i] = stage
+                root_of[i] = len(roots)
+                roots.append((str(stage), durable))
+            content, hashes = _core.commit(
+                str(src),
+                roots,
+                storage.chunk_size,
+                [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
+                progress,
+                [[root_of[v] for v in pl] for pl in placement],
+            )
+            manifest = _manifest(name, size, tier, storage, stripes, content, hashes, placement)
+            dirname = dirname_for(name, manifest.id)
+            for i in present:
+                if (
+                    vs.slots[i].size(f"{dirname}/{MANIFEST}") is not None
+                    or (vs.slots[i].local_path(dirname) or Path("/nonexistent")).exists()
+                ):
+                    raise ConflictError(
+                        f"{dirname} already exists on {vs.slots[i].location} but is not a "
+                        "usable object (run `blockframe health`)"
+                    )
+            self._place(dirname, manifest, stages)
+            failed = vs.write_manifest(dirname, manifest)
+            if len(failed) == 2 * len(present):
+                raise ArchiveError(f"commit of {src}: no manifest could be written: {failed[0]}")
+            for f in failed:
+                log.warning("%s: %s (health will restore it)", dirname, f)
+            for i in present:
+                with contextlib.suppress(OSError):
+                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
+        except _core.SourceChangedError as e:
+            raise SourceError(str(e)) from None
+        except _core.CoreError as e:
+            raise ArchiveError(f"commit of {src} failed: {e}") from None
+        except OSError as e:
+            raise ArchiveError(f"commit of {src} failed: {e}") from None
+        finally:
+            for stage in stages.values():
+                if stage.exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+        return Entry(name, self._path(dirname), manifest, (), vs)
+
+    def _place(self, dirname: str, m: Manifest, stages: dict[int, Path]) -> None:
+        """Move the staged shards of every volume into ``dirname``, each directory marked
+        as committing first, so nothing becomes visible before the manifests."""
+        vs = self.volumes
+        uploads: list[tuple[Volume, str, Path]] = []
+        for i, stage in stages.items():
+            vol = vs.slots[i]
+            local = vol.local_path()
+            if local is not None:
+                marker = stage / COMMITTING
+                with open(marker, "xb") as f:
+                    os.fsync(f.fileno())
+                os.rename(stage, local / dirname)
+                _fsync_dir(local)
+            else:
+                vol.write(f"{dirname}/{COMMITTING}", b"")
+                for path in sorted(stage.rglob("*")):
+                    if path.is_file():
+                        rel = path.relative_to(stage).as_posix()
+                        uploads.append((vol, f"{dirname}/{rel}", path))
+        if uploads:
+            with ThreadPoolExecutor(UPLOADS, thread_name_prefix="upload") as pool:
+                for done in [pool.submit(vol.upload, rel, path) for vol, rel, path in uploads]:
+                    done.result()
+
+    def _discard(self, entry: Entry) -> None:
+        """Remove an object from every volume: marked first, manifests next (it is then
+        invisible), shards last; an interruption leaves a marked directory for health."""
+        dirname = entry.dirname
+        present = self.volumes.present_volumes()
+        for _, vol in present:
+            with contextlib.suppress(OSError):
+                if vol.listdir(dirname):
+                    vol.write(f"{dirname}/{COMMITTING}", b"")
+        for _, vol in present:
+            for copy in (MANIFEST, REPLICA):
+                with contextlib.suppress(OSError):
+                    vol.remove(f"{dirname}/{copy}")
+        for _, vol in present:
+            local = vol.local_path()
+            try:
+                if local is not None and (local / dirname).exists():
+                    trash = local / TRASH
+                    trash.mkdir(exist_ok=True)
+                    target = trash / uuid.uuid4().hex
+                    os.rename(local / dirname, target)
+                    _fsync_dir(local)
+                    shutil.rmtree(target, ignore_errors=True)
+                elif local is None:
+                    vol.remove_tree(dirname)
+            except OSError as e:
+                log.warning("%s: cannot remove %s: %s", vol.location, dirname, e)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_archive_at(
+    locations: list[str] | tuple[str, ...],
+    storage: StorageConfig | None = None,
+    s3: S3Config | None = None,
+) -> VolumeArchive:
+    """A volume archive over ``locations`` (directories and ``s3://`` URLs)."""
+    return VolumeArchive(open_volumes(locations, s3), storage)

@@ -1,0 +1,363 @@
+"""Volumes as failure domains: shards of every stripe spread over directories so that any
+one whole volume can be lost; reads, restore and the mount work with a volume gone;
+`health` rebuilds a lost volume onto a replacement or onto the survivors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from blockframe.config import StorageConfig
+from blockframe.health import Health, Options
+from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, parse
+from blockframe.volume_archive import open_archive_at
+from blockframe.volumes import adapted_storage, can_lose, place
+
+from conftest import SMALL, data
+
+FILES = {
+    "t1.bin": 15_000,  # tier 1
+    "t2.bin": 50_000,  # tier 2
+    "dir/sub/t3.bin": 300_017,  # tier 3
+    "dir/notes.txt": 3_000,  # tier 1
+}
+
+STORAGE = """
+[storage]
+segment_size = "8KiB"
+tier1_max = "20KB"
+tier2_max = "100KB"
+block_segments = 4
+parity_shards = 2
+chunk_size = "1KiB"
+"""
+
+
+def content(name: str) -> bytes:
+    return data(FILES[name], seed=len(name))
+
+
+class Vols:
+    """A working directory whose config spreads the archive over ``n`` volumes."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        self.vols = [root / f"disk{i}" / "bf" for i in range(n)]
+        for v in self.vols:
+            v.parent.mkdir(parents=True, exist_ok=True)
+        listed = ", ".join(f'"{v}"' for v in self.vols)
+        (root / "config.toml").write_text(f"[archive]\nvolumes = [{listed}]\n{STORAGE}")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != "BLOCKFRAME_CONFIG"}
+        env["XDG_CONFIG_HOME"] = str(self.root / "xdg")
+        return subprocess.run(
+            [sys.executable, "-m", "blockframe", *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def archive(self):  # type: ignore[no-untyped-def]
+        return open_archive_at([str(v) for v in self.vols], SMALL)
+
+    def commit_all(self) -> None:
+        src = self.root / "src"
+        for name in FILES:
+            p = src / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(content(name))
+        for top in ("t1.bin", "t2.bin", "dir"):
+            r = self.run("commit", "-f", str(src / top))
+            assert r.returncode == 0, r.stderr
+
+    def restore_all(self) -> None:
+        for name in FILES:
+            r = self.run("restore", name, "-o", "-")
+            assert r.returncode == 0, (name, r.stderr)
+            assert r.stdout == content(name), name
+
+    def listing(self) -> dict[str, dict[str, object]]:
+        r = self.run("list", "--json")
+        assert r.returncode == 0, r.stderr
+        return {o["name"]: o for o in json.loads(r.stdout)["objects"]}
+
+
+@pytest.fixture
+def four(tmp_path: Path) -> Vols:
+    v = Vols(tmp_path, 4)
+    v.commit_all()
+    return v
+
+
+def shard_files(vol: Path) -> list[Path]:
+    return [
+        p
+        for p in vol.rglob("*.dat")
+        if ".staging" not in p.parts and ".trash" not in p.parts
+    ]
+
+
+# -- geometry ------------------------------------------------------------------------------
+
+
+def test_geometry_adapts_so_no_volume_holds_more_than_parity() -> None:
+    base = StorageConfig(block_segments=30, parity_shards=3)
+    for volumes in range(2, 40):
+        k = adapted_storage(base, volumes).block_segments
+        assert k == min(30, (volumes - 1) * 3)
+        for stripe in range(5):
+            counts = Counter(place(stripe, k + 3, list(range(volumes))))
+            assert max(counts.values()) <= 3
+            assert sum(counts.values()) == k + 3
+    assert adapted_storage(base, 1) == base
+
+
+def test_layout_manifests_everywhere_and_the_spreading_rule(four: Vols) -> None:
+    entries = four.archive().scan().entries
+    assert set(entries) == set(FILES)
+    for name, e in entries.items():
+        m = e.manifest
+        for vol in four.vols:
+            body = (vol / e.dirname / MANIFEST).read_bytes()
+            assert parse(body, "x") == m
+            assert (vol / e.dirname / REPLICA).read_bytes() == body
+            assert not (vol / e.dirname / COMMITTING).exists()
+        for si, st in enumerate(m.stripes):
+            counts = m.volume_counts(si)
+            assert max(counts.values()) <= len(st.parity), (name, si, counts)
+            for sh in st.shards:
+                # Each shard is a file on exactly its own volume.
+                where = [v for v in four.vols if (v / e.dirname / sh.path).is_file()]
+                assert where == [four.vols[sh.volume]]
+        assert len({sh.volume for st in m.stripes for sh in st.shards}) > 1
+    # Concatenating the data shards, wherever they live, gives the file back.
+    e = entries["dir/sub/t3.bin"]
+    joined = b"".join(
+        (four.vols[sh.volume] / e.dirname / sh.path).read_bytes()
+        for st in e.manifest.stripes
+        for sh in st.data
+    )
+    assert joined == content("dir/sub/t3.bin")
+    listing = four.listing()
+    assert listing["t1.bin"]["volumes_can_lose"] == 2  # 3 shards on 3 volumes, 2 parity
+    assert listing["dir/sub/t3.bin"]["volumes_can_lose"] == 1
+    for vol in four.vols:
+        label = json.loads((vol / ".blockframe" / "volume.json").read_text())
+        assert label["index"] == four.vols.index(vol)
+    r = four.run("list")
+    assert r.returncode == 0 and b"CAN LOSE" in r.stdout
+
+
+def test_can_lose_counts_absent_volumes_and_bad_shards(four: Vols) -> None:
+    m = four.archive().get("dir/sub/t3.bin").manifest
+    assert can_lose(m) == 1
+    assert can_lose(m, {0}) == 0
+    assert can_lose(m, {0, 1}) == -1
+    assert can_lose(m, (), [1] * len(m.stripes)) == 0
+
+
+# -- losing a volume -----------------------------------------------------------------------
+
+
+def test_lose_a_volume_replace_it_then_lose_another(four: Vols) -> None:
+    shutil.rmtree(four.vols[1])
+    four.restore_all()
+    assert all(o["volumes_can_lose"] in (0, 1) for o in four.listing().values())
+    # A replacement: an empty directory where the lost volume was.
+    four.vols[1].mkdir()
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads(r.stdout)
+    assert report["status"] in ("repaired", "healthy")
+    assert all(o["status"] == "repaired" for o in report["objects"])
+    assert sorted(o["volumes_can_lose"] for o in report["objects"]) == [1, 2, 2, 2]
+    assert shard_files(four.vols[1])
+    label = json.loads((four.vols[1] / ".blockframe" / "volume.json").read_text())
+    assert label["index"] == 1
+    r = four.run("health", "--json")
+    assert r.returncode == 0
+    assert {o["status"] for o in json.loads(r.stdout)["objects"]} == {"healthy"}
+    shutil.rmtree(four.vols[2])
+    four.restore_all()
+
+
+def test_lost_volume_rebuilt_onto_the_survivors(four: Vols) -> None:
+    before = {n: e.manifest for n, e in four.archive().scan().entries.items()}
+    shutil.rmtree(four.vols[3])
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads(r.stdout)
+    assert any("absent" in n for n in report["notes"])
+    assert not four.vols[3].exists()  # health never creates a volume directory
+    entries = four.archive().scan().entries
+    for name, e in entries.items():
+        m = e.manifest
+        assert m.merkle_root == before[name].merkle_root
+        assert all(sh.volume != 3 for st in m.stripes for sh in st.shards)
+        for st in m.stripes:
+            for sh in st.shards:
+                assert (four.vols[sh.volume] / e.dirname / sh.path).is_file()
+    four.restore_all()
+    r = four.run("health", "--json")
+    assert r.returncode == 0
+    assert all(not o["shards"] for o in json.loads(r.stdout)["objects"])
+    # Still every byte with one more volume gone, for the objects whose placement allows.
+    for name, o in four.listing().items():
+        assert o["status"] == "ok", name
+
+
+def test_dry_run_changes_nothing_with_a_volume_gone(four: Vols) -> None:
+    shutil.rmtree(four.vols[0])
+    four.vols[0].mkdir()
+    r = four.run("health", "--dry-run", "--json")
+    assert r.returncode == 1
+    assert list(four.vols[0].iterdir()) == []
+
+
+def test_damage_on_two_volumes_of_one_stripe_is_still_repaired(four: Vols) -> None:
+    e = four.archive().get("dir/sub/t3.bin")
+    st = e.manifest.stripes[0]
+    a, b = st.shards[0], st.shards[1]
+    (four.vols[a.volume] / e.dirname / a.path).write_bytes(b"junk")
+    (four.vols[b.volume] / e.dirname / b.path).unlink()
+    four.restore_all()
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout
+    assert (four.vols[a.volume] / e.dirname / a.path).read_bytes() == content("dir/sub/t3.bin")[
+        : a.size
+    ]
+
+
+def test_manifest_lost_on_some_volumes_is_restored_from_another(four: Vols) -> None:
+    d = four.archive().get("t2.bin").dirname
+    for vol in four.vols[:3]:
+        (vol / d / MANIFEST).unlink()
+        (vol / d / REPLICA).write_bytes(b"{}")
+    good = (four.vols[3] / d / MANIFEST).read_bytes()
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout
+    for vol in four.vols:
+        assert (vol / d / MANIFEST).read_bytes() == good
+        assert (vol / d / REPLICA).read_bytes() == good
+
+
+def test_mount_reads_every_byte_with_a_volume_missing(four: Vols) -> None:
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.skip("needs /dev/fuse")
+    shutil.rmtree(four.vols[2])
+    mnt = four.root / "mnt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockframe", "mount", "-m", str(mnt)],
+        cwd=four.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        for name in FILES:
+            assert (mnt / name).read_bytes() == content(name), name
+        time.sleep(0.5)
+        # The mount never recreates an absent volume.
+        assert not four.vols[2].exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert proc.returncode == 0
+
+
+# -- commits, replacements and left-overs --------------------------------------------------
+
+
+def test_two_volumes_get_narrower_stripes(tmp_path: Path) -> None:
+    v = Vols(tmp_path, 2)
+    v.commit_all()
+    m = v.archive().get("dir/sub/t3.bin").manifest
+    assert m.block_segments == 2 and max(len(st.data) for st in m.stripes) == 2
+    shutil.rmtree(v.vols[0])
+    v.restore_all()
+
+
+def test_replace_and_identical_recommit(four: Vols) -> None:
+    src = four.root / "src" / "t1.bin"
+    r = four.run("commit", "-f", str(src))
+    assert r.returncode == 0 and b"unchanged" in r.stdout
+    old = four.archive().get("t1.bin").dirname
+    src.write_bytes(b"new content " * 1000)
+    assert four.run("commit", "-f", str(src)).returncode == 1
+    r = four.run("commit", "-f", str(src), "--replace")
+    assert r.returncode == 0, r.stderr
+    for vol in four.vols:
+        assert not (vol / old).exists()
+    r = four.run("restore", "t1.bin", "-o", "-")
+    assert r.stdout == b"new content " * 1000
+
+
+def test_interrupted_commit_is_invisible_and_cleaned(four: Vols) -> None:
+    # What a commit killed before its manifests leaves: marked directories with shards.
+    d = "ghost.bin_0123456789abcdef"
+    for vol in four.vols[:2]:
+        (vol / d / "parity").mkdir(parents=True)
+        (vol / d / COMMITTING).write_bytes(b"")
+        (vol / d / "data.dat").write_bytes(b"x" * 100)
+    listing = json.loads(four.run("list", "--json").stdout)
+    assert "ghost.bin" not in {o["name"] for o in listing["objects"]}
+    assert any("incomplete" in p["reason"] for p in listing["problems"])
+    report = Health(four.archive(), Options(leftover_grace=0)).run(
+        Health(four.archive(), Options(leftover_grace=0)).plan()
+    )
+    assert [(x.path, x.action) for x in report.leftovers] == [(d, "removed")]
+    assert report.exit_code == 0
+    for vol in four.vols:
+        assert not (vol / d).exists()
+
+
+def test_volume_of_an_archive_is_not_a_plain_archive(four: Vols) -> None:
+    r = four.run("list", "--archive", str(four.vols[0]))
+    assert r.returncode == 1
+    assert b"one volume of a volume archive" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = four.run("health", "--archive", str(four.vols[0]))
+    assert r.returncode == 2
+
+
+def test_volumes_of_different_archives_are_refused(tmp_path: Path) -> None:
+    a, b = Vols(tmp_path / "a", 2), Vols(tmp_path / "b", 2)
+    a.commit_all()
+    b.commit_all()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.toml").write_text(
+        f'[archive]\nvolumes = ["{a.vols[0]}", "{b.vols[1]}"]\n{STORAGE}'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "blockframe", "list"], cwd=mixed, capture_output=True, timeout=60
+    )
+    assert r.returncode == 1
+    assert b"different archives" in r.stderr
+
+
+def test_volumes_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[archive]\nvolumes = ["a", "a"]\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "blockframe", "list"], cwd=tmp_path, capture_output=True
+    )
+    assert r.returncode == 2 and b"listed twice" in r.stderr
+    (tmp_path / "config.toml").write_text("[archive]\nvolumes = []\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "blockframe", "list"], cwd=tmp_path, capture_output=True
+    )
+    assert r.returncode == 2 and b"non-empty list" in r.stderr
