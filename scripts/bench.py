@@ -620,9 +620,117 @@ def bench_remote(work: Path, rounds: int) -> None:
     )
 
 
+def bench_s3(work: Path, rounds: int) -> None:
+    """Commit and sequential restore of a 1 GiB file to/from a bucket of a SeaweedFS on
+    loopback, against a plain upload/download (same client library and transfer settings:
+    boto3 upload_file/download_fileobj) of a file of the size the commit stores."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from seaweed import SeaweedFS
+
+    from blockframe.store import S3Volume
+
+    src = work / "src-1g.bin"
+    make_file(src, GiB)
+    weed_dir = work / "weed"
+    server = SeaweedFS()
+    server.start()
+    try:
+        bucket = server.new_bucket()
+        vol = S3Volume(
+            bucket,
+            endpoint=server.endpoint,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+        )
+        cfg = work / "s3-config.toml"
+        env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+
+        def config(prefix: str) -> None:
+            cfg.write_text(
+                f'[archive]\ndirectory = "{bucket}/{prefix}"\n'
+                f'[s3]\nendpoint = "{server.endpoint}"\naccess_key_id = "{server.access_key}"\n'
+                f'secret_access_key = "{server.secret_key}"\n'
+            )
+
+        # What one commit stores, to size the plain transfer alike (~1.1x the file).
+        config("probe")
+        sh([*BF, "--config", str(cfg), "commit", "-f", str(src)], env=env)
+        stored = sum(n for d in vol.listdir("probe") for _, n in vol.files(f"probe/{d}"))
+        plain = work / "plain-s3.bin"
+        make_file(plain, stored)
+        sh(["cat", str(plain), str(src)], stdout=subprocess.DEVNULL)  # warm, like the source
+
+        def commit(r: int) -> float:
+            config(f"round{r}")
+            settle()
+            t = time.perf_counter()
+            sh([*BF, "--config", str(cfg), "commit", "-f", str(src)], env=env)
+            return time.perf_counter() - t
+
+        def upload(r: int) -> float:
+            settle()
+            t = time.perf_counter()
+            vol.upload(f"plain/round{r}.bin", plain)
+            return time.perf_counter() - t
+
+        def restore(r: int) -> float:
+            config("probe")
+            t = time.perf_counter()
+            with open(os.devnull, "wb") as null:
+                subprocess.run(
+                    [*BF, "--config", str(cfg), "restore", src.name, "-o", "-"],
+                    check=True,
+                    stdout=null,
+                    env=env,
+                )
+            return time.perf_counter() - t
+
+        class Null:
+            def write(self, b: bytes) -> int:
+                return len(b)
+
+        def download(r: int) -> float:
+            t = time.perf_counter()
+            vol._client.download_fileobj(
+                vol.bucket, "plain/round0.bin", Null(), Config=vol._transfer
+            )
+            return time.perf_counter() - t
+
+        runs: dict[str, Callable[[int], float]] = {
+            "blockframe commit (1 GiB file, tier 3)": commit,
+            f"plain upload_file ({stored / GiB:.2f} GiB)": upload,
+            "blockframe restore -o - (1 GiB, verified)": restore,
+            f"plain download_fileobj ({stored / GiB:.2f} GiB)": download,
+        }
+        seq: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(rounds):
+            for label, run in runs.items():
+                seq[label].append(run(r))
+        rss = peak_rss_mib(
+            [*BF, "--config", str(cfg), "restore", src.name, "-o", "/dev/null", "--force"]
+        )
+    finally:
+        server.stop()
+        shutil.rmtree(weed_dir, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in seq.items()}
+    print(f"### s3: 1 GiB random file to SeaweedFS on loopback, default config, {rounds} rounds\n")
+    print("| step | median s | MB/s of the file | runs (s) |")
+    print("|---|---|---|---|")
+    for k, v in seq.items():
+        runs_s = ", ".join(f"{x:.2f}" for x in v)
+        print(f"| {k} | {med[k]:.2f} | {GiB / med[k] / 1e6:.0f} | {runs_s} |")
+    labels = list(runs)
+    c = med[labels[0]] / med[labels[1]]
+    d = med[labels[2]] / med[labels[3]]
+    print(
+        f"\ncommit / plain upload of {stored / GiB:.2f}x the bytes: **{c:.2f}x**; restore / "
+        f"plain download: **{d:.2f}x** (target: within 1.5x); restore peak RSS {rss:.0f} MiB\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="scripts/bench")
-    p.add_argument("what", choices=["commit", "mount", "health", "remote"])
+    p.add_argument("what", choices=["commit", "mount", "health", "remote", "s3"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dir", default="bench-data", help="scratch directory (needs ~7 GiB)")
     p.add_argument("--skip-4g", action="store_true")
@@ -638,6 +746,8 @@ def main() -> None:
         bench_remote(work, args.rounds)
     elif args.what == "health":
         bench_health(work, args.rounds)
+    elif args.what == "s3":
+        bench_s3(work, args.rounds)
 
 
 if __name__ == "__main__":

@@ -100,11 +100,7 @@ def four(tmp_path: Path) -> Vols:
 
 
 def shard_files(vol: Path) -> list[Path]:
-    return [
-        p
-        for p in vol.rglob("*.dat")
-        if ".staging" not in p.parts and ".trash" not in p.parts
-    ]
+    return [p for p in vol.rglob("*.dat") if ".staging" not in p.parts and ".trash" not in p.parts]
 
 
 # -- geometry ------------------------------------------------------------------------------

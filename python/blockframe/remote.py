@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,88 @@ class RemoteError(OSError):
     """A shard range could not be fetched (the reader then tries other shards)."""
 
 
+Stream = tuple[str, int, int]  # (object, stripe, shard) or any other key of one shard
+
+
+class FetchAhead:
+    """Shard ranges for the core from a slow source (``get_range(stream, start, length)``:
+    bytes, shorter at the end, None when missing). Random reads are fetched as asked; a
+    reader that continues where it stopped is served from whole blocks, with the next ones
+    already in flight, so requests are few and large and the network never waits."""
+
+    def __init__(
+        self,
+        get_range: Callable[[Stream, int, int], bytes | None],
+        block: int = BLOCK,
+        ahead: int = AHEAD_BLOCKS,
+        held: int = MAX_BLOCKS,
+    ) -> None:
+        self._get_range = get_range
+        self.block, self.ahead, self.held = block, ahead, held
+        self._pool = ThreadPoolExecutor(max_workers=ahead + 1, thread_name_prefix="fetch")
+        self._blocks: OrderedDict[tuple[Stream, int], Future[bytes | None]] = OrderedDict()
+        self._last_end: dict[Stream, int] = {}
+        self._lock = threading.Lock()
+
+    def fetch(
+        self, stream: Stream, start: int, length: int, size: int
+    ) -> bytes | memoryview | None:
+        """Bytes ``[start, start + length)`` of a shard of ``size`` bytes."""
+        block = self.block
+        first, last = start // block, (start + length - 1) // block
+        with self._lock:
+            sequential = self._last_end.get(stream) == start
+            self._last_end[stream] = start + length
+            fetched = (stream, first) in self._blocks
+        if not (sequential or fetched):
+            return self._get_range(stream, start, length)
+        for b in range(last + 1, last + 1 + self.ahead):
+            if b * block < size:
+                self._block(stream, b, size)
+        parts: list[memoryview] = []
+        for b in range(first, last + 1):
+            future = self._block(stream, b, size)
+            try:
+                data = future.result()
+            except OSError:
+                with self._lock:
+                    if self._blocks.get((stream, b)) is future:
+                        del self._blocks[(stream, b)]
+                raise
+            if data is None:
+                return None
+            lo = max(start, b * block) - b * block
+            hi = min(start + length, (b + 1) * block) - b * block
+            parts.append(memoryview(data)[lo:hi])
+            if len(data) < hi:
+                break
+        # One part (the usual case) goes back as a view: the core copies it once.
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _block(self, stream: Stream, b: int, size: int) -> Future[bytes | None]:
+        """The (possibly still running) fetch of block ``b`` of a shard."""
+        with self._lock:
+            future = self._blocks.get((stream, b))
+            if future is not None:
+                self._blocks.move_to_end((stream, b))
+                return future
+            length = max(0, min(self.block, size - b * self.block))
+            future = self._pool.submit(self._get_range, stream, b * self.block, length)
+            self._blocks[(stream, b)] = future
+            while len(self._blocks) > self.held:
+                self._blocks.popitem(last=False)[1].cancel()
+            return future
+
+    def forget(self, stream: Stream) -> None:
+        """Drop the fetched blocks of one shard (after it was rewritten)."""
+        with self._lock:
+            for key in [k for k in self._blocks if k[0] == stream]:
+                del self._blocks[key]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class RemoteArchive:
     """An archive served by ``blockframe serve`` at ``url``.
 
@@ -62,12 +145,9 @@ class RemoteArchive:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
         )
-        self._pool = ThreadPoolExecutor(max_workers=AHEAD_BLOCKS + 1, thread_name_prefix="fetch")
-        self._blocks: OrderedDict[tuple[tuple[str, int, int], int], Future[bytes | None]] = (
-            OrderedDict()
+        self._ahead = FetchAhead(
+            lambda stream, start, length: self._get_range(*stream, start, length)
         )
-        self._last_end: dict[tuple[str, int, int], int] = {}
-        self._lock = threading.Lock()
         self._down_until = 0.0
 
     # -- index ----------------------------------------------------------------------------
@@ -121,7 +201,7 @@ class RemoteArchive:
         return ArchivedObject(entry, cache, fetch=fetch)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ahead.close()
         self._client.close()
 
     # -- shard ranges ---------------------------------------------------------------------
@@ -129,53 +209,7 @@ class RemoteArchive:
     def _fetch(
         self, name: str, stripe: int, shard: int, start: int, length: int, size: int
     ) -> bytes | memoryview | None:
-        stream = (name, stripe, shard)
-        first, last = start // BLOCK, (start + length - 1) // BLOCK
-        with self._lock:
-            sequential = self._last_end.get(stream) == start
-            self._last_end[stream] = start + length
-            fetched = (stream, first) in self._blocks
-        if not (sequential or fetched):
-            return self._get_range(name, stripe, shard, start, length)
-        # A sequential reader: serve from whole blocks and keep the next ones in flight,
-        # so requests are few and large and the network never waits for the reader.
-        for b in range(last + 1, last + 1 + AHEAD_BLOCKS):
-            if b * BLOCK < size:
-                self._block(stream, b, size)
-        parts: list[memoryview] = []
-        for b in range(first, last + 1):
-            future = self._block(stream, b, size)
-            try:
-                data = future.result()
-            except RemoteError:
-                with self._lock:
-                    if self._blocks.get((stream, b)) is future:
-                        del self._blocks[(stream, b)]
-                raise
-            if data is None:
-                return None
-            lo = max(start, b * BLOCK) - b * BLOCK
-            hi = min(start + length, (b + 1) * BLOCK) - b * BLOCK
-            parts.append(memoryview(data)[lo:hi])
-            if len(data) < hi:
-                break
-        # One part (the usual case) goes back as a view: the core copies it once.
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _block(self, stream: tuple[str, int, int], b: int, size: int) -> Future[bytes | None]:
-        """The (possibly still running) fetch of block ``b`` of a shard."""
-        with self._lock:
-            future = self._blocks.get((stream, b))
-            if future is not None:
-                self._blocks.move_to_end((stream, b))
-                return future
-            name, stripe, shard = stream
-            length = max(0, min(BLOCK, size - b * BLOCK))
-            future = self._pool.submit(self._get_range, name, stripe, shard, b * BLOCK, length)
-            self._blocks[(stream, b)] = future
-            while len(self._blocks) > MAX_BLOCKS:
-                self._blocks.popitem(last=False)[1].cancel()
-            return future
+        return self._ahead.fetch((name, stripe, shard), start, length, size)
 
     def _get_range(
         self, name: str, stripe: int, shard: int, start: int, length: int

@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blockframe.config import S3Config, StorageConfig
 from blockframe.errors import ArchiveError, ManifestError
@@ -36,6 +38,9 @@ from blockframe.manifest import (
     load_from,
 )
 from blockframe.store import Volume, open_volume
+
+if TYPE_CHECKING:
+    from blockframe.remote import FetchAhead
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,7 @@ class VolumeSet:
     slots: dict[int, Volume]
     present: set[int] = field(default_factory=set)
     labelled: set[int] = field(default_factory=set)
+    _ahead: FetchAhead | None = field(default=None, repr=False, compare=False)
 
     @property
     def location(self) -> str:
@@ -233,20 +239,45 @@ class VolumeSet:
             sh = m.stripes[stripe].shards[shard]
             return self.volume(sh.volume), f"{dirname}/{sh.path}"
 
-        def fetch(stripe: int, shard: int, start: int, length: int) -> bytes | None:
+        ahead = self._fetch_ahead()
+
+        def fetch(stripe: int, shard: int, start: int, length: int) -> bytes | memoryview | None:
             vol, rel = where(stripe, shard)
             if vol is None:
                 return None
-            return vol.get_range(rel, start, length)
+            if vol.is_local:
+                return vol.get_range(rel, start, length)
+            size = m.stripes[stripe].shards[shard].size
+            return ahead.fetch(
+                (rel, m.stripes[stripe].shards[shard].volume, 0), start, length, size
+            )
 
         def store(stripe: int, shard: int, data: bytes) -> None:
             vol, rel = where(stripe, shard)
+            sh = m.stripes[stripe].shards[shard]
             if vol is None:
-                sh = m.stripes[stripe].shards[shard]
                 raise OSError(f"volume {sh.volume} is absent")
             vol.write(rel, data)
+            ahead.forget((rel, sh.volume, 0))
 
         return fetch, store
+
+    def _fetch_ahead(self) -> FetchAhead:
+        """One fetch-ahead pool for the bucket volumes of this archive."""
+        with _LOCK:
+            if self._ahead is None:
+                from blockframe.remote import FetchAhead
+
+                def get(stream: tuple[str, int, int], start: int, length: int) -> bytes | None:
+                    rel, volume, _ = stream
+                    vol = self.volume(volume)
+                    return None if vol is None else vol.get_range(rel, start, length)
+
+                self._ahead = FetchAhead(get)
+            return self._ahead
+
+
+_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,7 @@ class BlockFrameFS(mfusepy.Operations):
         files, _ = self.view.totals()
         where = getattr(self.view.archive, "location", self.view.archive.root)
         print(
-            f"blockframe: mounted {where} at {self.mountpoint} "
-            f"({files} files); Ctrl+C to unmount",
+            f"blockframe: mounted {where} at {self.mountpoint} ({files} files); Ctrl+C to unmount",
             file=sys.stderr,
             flush=True,
         )
