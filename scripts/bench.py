@@ -658,7 +658,7 @@ def bench_s3(work: Path, rounds: int) -> None:
         stored = sum(n for d in vol.listdir("probe") for _, n in vol.files(f"probe/{d}"))
         plain = work / "plain-s3.bin"
         make_file(plain, stored)
-        sh(["cat", str(plain), str(src)], stdout=subprocess.DEVNULL)  # warm, like the source
+        subprocess.run(["cat", str(plain), str(src)], check=True, stdout=subprocess.DEVNULL)
 
         def commit(r: int) -> float:
             config(f"round{r}")

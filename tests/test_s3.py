@@ -10,15 +10,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import seaweed
 from seaweed import SeaweedFS
+from test_mount import start_mount
 from test_remote import Server
-from test_volumes import FILES, STORAGE, content
+from test_volumes import FILES, STORAGE, Vols, content
 
 from blockframe.remote import RemoteArchive
 from blockframe.store import S3Volume
@@ -26,7 +26,7 @@ from blockframe.store import S3Volume
 seaweedfs = seaweed.seaweedfs
 
 
-class S3Env:
+class S3Env(Vols):
     """A working directory whose config puts the archive on ``locations``."""
 
     def __init__(self, root: Path, server: SeaweedFS, locations: list[str]) -> None:
@@ -42,6 +42,8 @@ class S3Env:
         )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        # Credentials from the config only; freshness state of bucket-only archives in
+        # this test's cache directory.
         env = {
             k: v
             for k, v in os.environ.items()
@@ -56,22 +58,6 @@ class S3Env:
             capture_output=True,
             timeout=180,
         )
-
-    def commit_all(self) -> None:
-        src = self.root / "src"
-        for name in FILES:
-            p = src / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(content(name))
-        for top in ("t1.bin", "t2.bin", "dir"):
-            r = self.run("commit", "-f", str(src / top))
-            assert r.returncode == 0, r.stderr
-
-    def restore_all(self) -> None:
-        for name in FILES:
-            r = self.run("restore", name, "-o", "-")
-            assert r.returncode == 0, (name, r.stderr)
-            assert r.stdout == content(name), name
 
     def health(self, *flags: str) -> tuple[int, dict[str, object]]:
         r = self.run("health", "--json", *flags)
@@ -92,27 +78,13 @@ class S3Env:
 
 
 def mount_and_read(env: S3Env) -> None:
-    mnt = env.root / "mnt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "blockframe", "mount", "-m", str(mnt)],
-        cwd=env.root,
-        env={**os.environ, "XDG_CACHE_HOME": str(env.root / "cache")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    mount = start_mount(env, env.root / "mnt")  # type: ignore[arg-type]
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.05)
         for name in FILES:
-            assert (mnt / name).read_bytes() == content(name), name
+            assert (mount.mnt / name).read_bytes() == content(name), name
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-    assert proc.returncode == 0
+        code, err = mount.stop()
+    assert code == 0, err
 
 
 fuse = pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="needs /dev/fuse")
@@ -232,12 +204,7 @@ def test_bucket_as_one_volume_removed_entirely_loses_nothing(
     ]
     assert 3 in placed
     # The whole bucket goes away.
-    client = seaweedfs.client()
-    name = bucket.removeprefix("s3://")
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", [])]
-    for key in keys:
-        client.delete_object(Bucket=name, Key=key)
-    client.delete_bucket(Bucket=name)
+    _drop_bucket(seaweedfs, bucket)
     assert not s3.present()
     env.restore_all()
     if os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -252,6 +219,37 @@ def test_bucket_as_one_volume_removed_entirely_loses_nothing(
     # Then a local volume is lost: still every byte.
     shutil.rmtree(local[0])
     env.restore_all()
+    if os.access("/dev/fuse", os.R_OK | os.W_OK):
+        mount_and_read(env)
+
+
+def _drop_bucket(server: SeaweedFS, url: str) -> None:
+    client = server.client()
+    name = url.removeprefix("s3://").split("/")[0]
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=obj["Key"])
+    client.delete_bucket(Bucket=name)
+
+
+def test_archive_of_buckets_loses_one_replaces_it_then_loses_another(
+    tmp_path: Path, seaweedfs: SeaweedFS
+) -> None:
+    buckets = [seaweedfs.new_bucket() for _ in range(4)]
+    env = S3Env(tmp_path, seaweedfs, buckets)
+    env.commit_all()
+    listing = json.loads(env.run("list", "--json").stdout)["objects"]
+    assert {o["name"]: o["volumes_can_lose"] for o in listing}["dir/sub/t3.bin"] == 1
+    _drop_bucket(seaweedfs, buckets[1])
+    env.restore_all()
+    env.volume(1).create_bucket()
+    code, report = env.health()
+    assert code == 0, report
+    assert all(o["status"] == "repaired" for o in report["objects"])
+    _drop_bucket(seaweedfs, buckets[2])
+    env.restore_all()
+    if os.access("/dev/fuse", os.R_OK | os.W_OK):
+        mount_and_read(env)
 
 
 def test_serve_a_volume_archive_with_a_bucket(tmp_path: Path, seaweedfs: SeaweedFS) -> None:

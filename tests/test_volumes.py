@@ -13,7 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
+from test_mount import start_mount
 
 from blockframe.config import StorageConfig
 from blockframe.health import Health, Options
@@ -21,7 +23,7 @@ from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, parse
 from blockframe.volume_archive import open_archive_at
 from blockframe.volumes import adapted_storage, can_lose, place
 
-from conftest import SMALL, data
+from conftest import CONFIG_TOML, SMALL, data
 
 FILES = {
     "t1.bin": 15_000,  # tier 1
@@ -30,15 +32,7 @@ FILES = {
     "dir/notes.txt": 3_000,  # tier 1
 }
 
-STORAGE = """
-[storage]
-segment_size = "8KiB"
-tier1_max = "20KB"
-tier2_max = "100KB"
-block_segments = 4
-parity_shards = 2
-chunk_size = "1KiB"
-"""
+STORAGE = CONFIG_TOML[CONFIG_TOML.index("[storage]") :]  # the small test geometry
 
 
 def content(name: str) -> bytes:
@@ -251,29 +245,40 @@ def test_mount_reads_every_byte_with_a_volume_missing(four: Vols) -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         pytest.skip("needs /dev/fuse")
     shutil.rmtree(four.vols[2])
-    mnt = four.root / "mnt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "blockframe", "mount", "-m", str(mnt)],
-        cwd=four.root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    mount = start_mount(four, four.root / "mnt")  # type: ignore[arg-type]
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.05)
         for name in FILES:
-            assert (mnt / name).read_bytes() == content(name), name
+            assert (mount.mnt / name).read_bytes() == content(name), name
         time.sleep(0.5)
         # The mount never recreates an absent volume.
         assert not four.vols[2].exists()
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-    assert proc.returncode == 0
+        code, err = mount.stop()
+    assert code == 0, err
+
+
+def test_serve_with_a_volume_missing(four: Vols) -> None:
+    from test_remote import Server
+
+    from blockframe.remote import RemoteArchive
+
+    shutil.rmtree(four.vols[0])
+    server = Server(four)  # type: ignore[arg-type]
+    try:
+        for name in FILES:
+            r = httpx.get(f"{server.url}/api/files/{name}")
+            assert r.status_code == 200 and r.content == content(name), name
+        remote = RemoteArchive(server.url)
+        try:
+            index = remote.scan()
+            for name in FILES:
+                obj = remote.open_object(index.entries[name])
+                assert obj.read(0, FILES[name]) == content(name)
+        finally:
+            remote.close()
+    finally:
+        server.stop()
+    assert not four.vols[0].exists()
 
 
 # -- commits, replacements and left-overs --------------------------------------------------

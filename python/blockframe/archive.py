@@ -485,7 +485,7 @@ class Archive:
         tier, stripes = layout.plan(size, storage)
         stage = self.root / STAGING / uuid.uuid4().hex
         stage.mkdir()
-        try:
+        with commit_errors(src), _removing(stage):
             content, hashes = _core.commit(
                 str(src),
                 [(str(stage), True)],
@@ -509,28 +509,13 @@ class Archive:
                 )
             os.rename(stage, final)
             fsync_dir(self.root)
-        except _core.SourceChangedError as e:
-            raise SourceError(str(e)) from None
-        except _core.CoreError as e:
-            raise ArchiveError(f"commit of {src} failed: {e}") from None
-        except OSError as e:
-            raise ArchiveError(f"commit of {src} failed: {e}") from None
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
         return Entry(name, final, manifest)
 
     def _exists(self) -> bool:
         return self.root.is_dir()
 
     def _discard(self, entry: Entry) -> None:
-        path = entry.path
-        trash = self.root / TRASH
-        trash.mkdir(exist_ok=True)
-        target = trash / uuid.uuid4().hex
-        os.rename(path, target)
-        fsync_dir(self.root)
-        shutil.rmtree(target, ignore_errors=True)
+        discard_dir(self.root, entry.path)
 
     def commit_tree(
         self,
@@ -580,6 +565,41 @@ class Archive:
         )
         report.repaired, report.unrepaired = obj.repair()
         return report
+
+
+def discard_dir(root: Path, path: Path) -> None:
+    """Remove object directory ``path`` of archive (or volume) ``root``: renamed into
+    ``.trash`` first (one atomic step, durable), then deleted at leisure."""
+    trash = root / TRASH
+    trash.mkdir(exist_ok=True)
+    target = trash / uuid.uuid4().hex
+    os.rename(path, target)
+    fsync_dir(root)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def commit_errors(src: Path) -> Iterator[None]:
+    """Turn what a commit of ``src`` can raise into errors with meaning for the user."""
+    try:
+        yield
+    except _core.SourceChangedError as e:
+        raise SourceError(str(e)) from None
+    except _core.CoreError as e:
+        raise ArchiveError(f"commit of {src} failed: {e}") from None
+    except OSError as e:
+        raise ArchiveError(f"commit of {src} failed: {e}") from None
+
+
+@contextlib.contextmanager
+def _removing(*paths: Path) -> Iterator[None]:
+    """Remove ``paths`` (staging directories) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for path in paths:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def check_source(src: Path) -> int:

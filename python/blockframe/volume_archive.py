@@ -17,23 +17,25 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from blockframe import _core, layout
 from blockframe.archive import (
     STAGING,
-    TRASH,
     Archive,
     Entry,
     Progress,
     _manifest,
+    commit_errors,
     dirname_for,
+    discard_dir,
     validate_name,
 )
 from blockframe.config import S3Config, StorageConfig, check_storage
-from blockframe.errors import ArchiveError, ConflictError, ManifestError, SourceError
-from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
+from blockframe.errors import ArchiveError, ConflictError, ManifestError
+from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, Manifest, fsync_dir
 from blockframe.store import Volume
 from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
 
@@ -163,22 +165,19 @@ class VolumeArchive(Archive):
         roots: list[tuple[str, bool]] = []
         root_of: dict[int, int] = {}
         stages: dict[int, Path] = {}
-        try:
+        with commit_errors(src), _removing(stages):
             for i in present:
-                vol = vs.slots[i]
-                local = vol.local_path()
+                local = vs.slots[i].local_path()
                 if local is not None:
                     stage = local / STAGING / stage_id
-                    durable = True
+                    stage.mkdir()
                 else:
-                    # Shards bound for a bucket are staged in local temporary space
-                    # (not synced: the bucket makes them durable).
+                    # Shards bound for a bucket are staged in local temporary space (not
+                    # synced: the bucket makes them durable).
                     stage = Path(tempfile.mkdtemp(prefix="blockframe-s3-"))
-                    durable = False
-                stage.mkdir(exist_ok=True)
                 stages[i] = stage
                 root_of[i] = len(roots)
-                roots.append((str(stage), durable))
+                roots.append((str(stage), local is not None))
             content, hashes = _core.commit(
                 str(src),
                 roots,
@@ -190,13 +189,12 @@ class VolumeArchive(Archive):
             manifest = _manifest(name, size, tier, storage, stripes, content, hashes, placement)
             dirname = dirname_for(name, manifest.id)
             for i in present:
-                if (
-                    vs.slots[i].size(f"{dirname}/{MANIFEST}") is not None
-                    or (vs.slots[i].local_path(dirname) or Path("/nonexistent")).exists()
-                ):
+                vol = vs.slots[i]
+                local = vol.local_path(dirname)
+                if vol.size(f"{dirname}/{MANIFEST}") is not None or (local and local.exists()):
                     raise ConflictError(
-                        f"{dirname} already exists on {vs.slots[i].location} but is not a "
-                        "usable object (run `blockframe health`)"
+                        f"{dirname} already exists on {vol.location} but is not a usable "
+                        "object (run `blockframe health`)"
                     )
             self._place(dirname, manifest, stages)
             failed = vs.write_manifest(dirname, manifest)
@@ -207,16 +205,6 @@ class VolumeArchive(Archive):
             for i in present:
                 with contextlib.suppress(OSError):
                     vs.slots[i].remove(f"{dirname}/{COMMITTING}")
-        except _core.SourceChangedError as e:
-            raise SourceError(str(e)) from None
-        except _core.CoreError as e:
-            raise ArchiveError(f"commit of {src} failed: {e}") from None
-        except OSError as e:
-            raise ArchiveError(f"commit of {src} failed: {e}") from None
-        finally:
-            for stage in stages.values():
-                if stage.exists():
-                    shutil.rmtree(stage, ignore_errors=True)
         return Entry(name, self._path(dirname), manifest, (), vs)
 
     def _place(self, dirname: str, m: Manifest, stages: dict[int, Path]) -> None:
@@ -232,7 +220,7 @@ class VolumeArchive(Archive):
                 with open(marker, "xb") as f:
                     os.fsync(f.fileno())
                 os.rename(stage, local / dirname)
-                _fsync_dir(local)
+                fsync_dir(local)
             else:
                 vol.write(f"{dirname}/{COMMITTING}", b"")
                 for path in sorted(stage.rglob("*")):
@@ -261,24 +249,22 @@ class VolumeArchive(Archive):
             local = vol.local_path()
             try:
                 if local is not None and (local / dirname).exists():
-                    trash = local / TRASH
-                    trash.mkdir(exist_ok=True)
-                    target = trash / uuid.uuid4().hex
-                    os.rename(local / dirname, target)
-                    _fsync_dir(local)
-                    shutil.rmtree(target, ignore_errors=True)
+                    discard_dir(local, local / dirname)
                 elif local is None:
                     vol.remove_tree(dirname)
             except OSError as e:
                 log.warning("%s: cannot remove %s: %s", vol.location, dirname, e)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@contextlib.contextmanager
+def _removing(stages: dict[int, Path]) -> Iterator[None]:
+    """Remove the staging directories (filled in by the block) however the block ends."""
     try:
-        os.fsync(fd)
+        yield
     finally:
-        os.close(fd)
+        for stage in stages.values():
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 def open_archive_at(
