@@ -667,10 +667,30 @@ def bench_s3(work: Path, rounds: int) -> None:
             sh([*BF, "--config", str(cfg), "commit", "-f", str(src)], env=env)
             return time.perf_counter() - t
 
+        # The plain transfers run as commands too (like `aws s3 cp`), with the client and
+        # transfer settings blockframe uses.
+        plain_cmd = [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from blockframe.store import S3Volume\n"
+            "url, ep, ak, sk, op, key, path = sys.argv[1:]\n"
+            "v = S3Volume(url, endpoint=ep, access_key=ak, secret_key=sk)\n"
+            "class Null:\n"
+            "    def write(self, b): return len(b)\n"
+            "if op == 'up': v.upload(key, Path(path))\n"
+            "else: v._client.download_fileobj(v.bucket, key, Null(), Config=v._transfer)\n",
+            bucket,
+            server.endpoint,
+            server.access_key,
+            server.secret_key,
+        ]
+
         def upload(r: int) -> float:
             settle()
             t = time.perf_counter()
-            vol.upload(f"plain/round{r}.bin", plain)
+            subprocess.run([*plain_cmd, "up", f"plain/round{r}.bin", str(plain)], check=True)
             return time.perf_counter() - t
 
         def restore(r: int) -> float:
@@ -685,15 +705,9 @@ def bench_s3(work: Path, rounds: int) -> None:
                 )
             return time.perf_counter() - t
 
-        class Null:
-            def write(self, b: bytes) -> int:
-                return len(b)
-
         def download(r: int) -> float:
             t = time.perf_counter()
-            vol._client.download_fileobj(
-                vol.bucket, "plain/round0.bin", Null(), Config=vol._transfer
-            )
+            subprocess.run([*plain_cmd, "down", "plain/round0.bin", "-"], check=True)
             return time.perf_counter() - t
 
         runs: dict[str, Callable[[int], float]] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,22 @@ def test_restore_to_stdout(env: Env) -> None:
     r = env.run("restore", "s.bin", "-o", "-")
     assert r.returncode == 0, r.stderr
     assert r.stdout == src.read_bytes()
+
+
+def test_restore_to_a_device_or_fifo_writes_into_it_and_never_replaces_it(env: Env) -> None:
+    src = env.file("s.bin", 150_000)
+    env.run("commit", "-f", str(src))
+    for flags in ((), ("--force",)):
+        r = env.run("restore", "s.bin", "-o", "/dev/null", *flags)
+        assert r.returncode == 0, r.stderr
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    fifo = env.root / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    r = env.run("restore", "s.bin", "-o", str(fifo))
+    assert r.returncode == 0, r.stderr
+    assert reader.communicate(timeout=30)[0] == src.read_bytes()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_restore_refuses_to_overwrite_without_force(env: Env) -> None:

@@ -108,3 +108,52 @@ def test_sigkill_during_restore_leaves_no_output(root: Path) -> None:
             assert leftovers == [], leftovers
         else:
             assert out.read_bytes() == (root / "big.bin").read_bytes()
+
+
+def test_sigkill_during_a_volume_commit_leaves_nothing_or_a_complete_object(
+    tmp_path: Path,
+) -> None:
+    """The same over three volumes: killed commits are invisible (their marked directories
+    are reported as incomplete, never listed) and health removes them from every volume."""
+    from blockframe.config import load_config
+    from blockframe.health import Health, Options
+    from blockframe.volume_archive import open_archive_at
+
+    vols = [tmp_path / f"disk{i}" for i in range(3)]
+    listed = ", ".join(f'"{v}"' for v in vols)
+    (tmp_path / "config.toml").write_text(
+        CONFIG.replace('directory = "archive"', f"volumes = [{listed}]")
+    )
+    (tmp_path / "big.bin").write_bytes(data(SIZE, seed=7))
+    t = time.perf_counter()
+    assert cli(tmp_path, "commit", "-f", "big.bin", "--name", "timing").returncode == 0
+    full = time.perf_counter() - t
+    rng = random.Random(4321)
+    outcomes = set()
+    for attempt in range(6):
+        name = f"big-{attempt}"
+        code = kill_after(
+            tmp_path, rng.uniform(0.05, full * 1.1), "commit", "-f", "big.bin", "--name", name
+        )
+        r = cli(tmp_path, "list", "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        names = {o["name"] for o in doc["objects"]}
+        assert all("incomplete" in p["reason"] for p in doc["problems"]), doc["problems"]
+        if name in names:
+            outcomes.add("complete")
+            r = cli(tmp_path, "restore", name, "-o", "-")
+            assert r.returncode == 0 and r.stdout == (tmp_path / "big.bin").read_bytes()
+        else:
+            outcomes.add("absent" if code == -signal.SIGKILL else "finished-late")
+    assert "absent" in outcomes
+    storage = load_config(tmp_path / "config.toml").storage
+    checker = Health(open_archive_at([str(v) for v in vols], storage), Options(leftover_grace=0))
+    report = checker.run(checker.plan())
+    assert report.exit_code == 0
+    assert all(o.status == "healthy" for o in report.objects)
+    survivors = {e.dirname for e in open_archive_at([str(v) for v in vols]).scan().entries.values()}
+    for v in vols:
+        visible = {p.name for p in v.iterdir() if not p.name.startswith(".")}
+        assert visible == survivors, (v, visible - survivors)
+        assert not any((v / ".staging").iterdir())

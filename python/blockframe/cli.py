@@ -217,6 +217,15 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
         out = Path(args.output) if args.output else Path(Path(args.name).name)
         if out.is_dir():
             out = out / Path(args.name).name
+        if out.exists() and not out.is_file():
+            # A device or pipe (/dev/null, a FIFO, a tape): written to, never replaced.
+            try:
+                with open(out, "wb") as f, progress_bar(f"restore {args.name}", size) as cb:
+                    report = archive.restore(entry, f, cb)
+            except OSError as e:
+                raise OutputError(f"{out}: cannot write: {e.strerror}") from None
+            _report_repairs(report)
+            return 0 if not report.unrepaired else 1
         if out.exists() and not args.force:
             raise OutputError(f"{out}: already exists (use --force to overwrite)")
         if not out.parent.is_dir():

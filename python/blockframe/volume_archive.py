@@ -41,7 +41,7 @@ from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
 
 log = logging.getLogger(__name__)
 
-UPLOADS = 4  # shard files uploaded to S3 at once
+UPLOADS = 8  # shard files uploaded to a bucket at once
 
 
 class VolumeArchive(Archive):

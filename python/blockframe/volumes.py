@@ -132,7 +132,7 @@ class VolumeSet:
             except OSError as e:
                 raise ArchiveError(f"{vol.location}: cannot label volume: {e}") from None
             self.labelled.add(i)
-            log.info("%s: labelled volume %d of archive %s", vol.location, i, self.archive_id)
+            log.debug("%s: labelled volume %d of archive %s", vol.location, i, self.archive_id)
 
     # -- manifests ------------------------------------------------------------------------
 
@@ -273,11 +273,14 @@ class VolumeSet:
                     vol = self.volume(volume)
                     return None if vol is None else vol.get_range(rel, start, length)
 
-                self._ahead = FetchAhead(get)
+                # Larger blocks than for a blockframe server: each request to an object
+                # store costs more, and its throughput grows with the request size.
+                self._ahead = FetchAhead(get, block=BUCKET_BLOCK, ahead=4, held=12)
             return self._ahead
 
 
 _LOCK = threading.Lock()
+BUCKET_BLOCK = 8 << 20  # bytes of a bucket shard fetched per request by sequential readers
 
 
 @dataclass(frozen=True)
