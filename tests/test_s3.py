@@ -280,3 +280,35 @@ def test_serve_a_volume_archive_with_a_bucket(tmp_path: Path, seaweedfs: Seaweed
         assert r.status_code == 200 and r.content == content("dir/sub/t3.bin")
     finally:
         server.stop()
+
+
+def test_source_changed_during_a_bucket_commit_leaves_nothing_visible(
+    tmp_path: Path, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockframe import volume_archive
+    from blockframe.config import S3Config
+    from blockframe.errors import SourceError
+    from blockframe.health import Health, Options
+    from blockframe.volume_archive import open_archive_at
+
+    from conftest import SMALL
+
+    s3 = S3Config(seaweedfs.endpoint, "", seaweedfs.access_key, seaweedfs.secret_key)
+    url = seaweedfs.new_bucket()
+    src = tmp_path / "f.bin"
+    src.write_bytes(content("dir/sub/t3.bin"))
+    # The content hash taken before the upload started no longer matches the bytes the
+    # core committed: as if the file had been rewritten in between.
+    monkeypatch.setattr(volume_archive, "hash_file", lambda p: "ab" * 32)
+    archive = open_archive_at([url], SMALL, s3)
+    with pytest.raises(SourceError, match="changed"):
+        archive.commit(src)
+    index = archive.scan()
+    assert index.entries == {}
+    assert index.problems and all("incomplete" in p.reason for p in index.problems)
+    monkeypatch.undo()
+    checker = Health(open_archive_at([url], SMALL, s3), Options(leftover_grace=0))
+    report = checker.run(checker.plan())
+    assert report.exit_code == 0 and [x.action for x in report.leftovers] == ["removed"]
+    assert seaweedfs.volume(url).listdir() == [".blockframe"]  # just the volume label
+    assert open_archive_at([url], SMALL, s3).commit(src).status == "committed"

@@ -12,13 +12,14 @@ marked directory that ``health`` removes) or a complete object.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from blockframe import _core, layout
@@ -31,12 +32,12 @@ from blockframe.archive import (
     commit_errors,
     dirname_for,
     discard_dir,
+    hash_file,
     validate_name,
 )
 from blockframe.config import S3Config, StorageConfig, check_storage
-from blockframe.errors import ArchiveError, ConflictError, ManifestError
-from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, Manifest, fsync_dir
-from blockframe.store import Volume
+from blockframe.errors import ArchiveError, ConflictError, ManifestError, SourceError
+from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, fsync_dir
 from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,18 @@ class VolumeArchive(Archive):
         roots: list[tuple[str, bool]] = []
         root_of: dict[int, int] = {}
         stages: dict[int, Path] = {}
+        buckets = [i for i in present if not vs.slots[i].is_local]
+        uploader: _Uploader | None = None
         with commit_errors(src), _removing(stages):
+            if buckets:
+                # Shards go up while later stripes are still being encoded, so their key
+                # (the object id, from the content hash) is needed before the commit.
+                expected = hash_file(src)
+                dirname = dirname_for(name, expected[:16])
+                self._check_free(dirname, present)
+                for i in buckets:
+                    vs.slots[i].write(f"{dirname}/{COMMITTING}", b"")
+                uploader = _Uploader(vs, dirname, stripes, placement, stages)
             for i in present:
                 local = vs.slots[i].local_path()
                 if local is not None:
@@ -178,25 +190,28 @@ class VolumeArchive(Archive):
                 stages[i] = stage
                 root_of[i] = len(roots)
                 roots.append((str(stage), local is not None))
-            content, hashes = _core.commit(
-                str(src),
-                roots,
-                storage.chunk_size,
-                [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
-                progress,
-                [[root_of[v] for v in pl] for pl in placement],
-            )
-            manifest = _manifest(name, size, tier, storage, stripes, content, hashes, placement)
+            try:
+                content, hashes = _core.commit(
+                    str(src),
+                    roots,
+                    storage.chunk_size,
+                    [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
+                    _both(progress, uploader.progress if uploader else None),
+                    [[root_of[v] for v in pl] for pl in placement],
+                )
+                manifest = _manifest(name, size, tier, storage, stripes, content, hashes, placement)
+                if uploader is not None:
+                    if content.hex() != expected:
+                        raise SourceError(f"{src}: the file changed while it was committed")
+                    uploader.finish()
+            except BaseException:
+                if uploader is not None:
+                    uploader.abandon()
+                raise
             dirname = dirname_for(name, manifest.id)
-            for i in present:
-                vol = vs.slots[i]
-                local = vol.local_path(dirname)
-                if vol.size(f"{dirname}/{MANIFEST}") is not None or (local and local.exists()):
-                    raise ConflictError(
-                        f"{dirname} already exists on {vol.location} but is not a usable "
-                        "object (run `blockframe health`)"
-                    )
-            self._place(dirname, manifest, stages)
+            if uploader is None:
+                self._check_free(dirname, present)
+            self._place(dirname, stages)
             failed = vs.write_manifest(dirname, manifest)
             if len(failed) == 2 * len(present):
                 raise ArchiveError(f"commit of {src}: no manifest could be written: {failed[0]}")
@@ -207,30 +222,26 @@ class VolumeArchive(Archive):
                     vs.slots[i].remove(f"{dirname}/{COMMITTING}")
         return Entry(name, self._path(dirname), manifest, (), vs)
 
-    def _place(self, dirname: str, m: Manifest, stages: dict[int, Path]) -> None:
-        """Move the staged shards of every volume into ``dirname``, each directory marked
-        as committing first, so nothing becomes visible before the manifests."""
-        vs = self.volumes
-        uploads: list[tuple[Volume, str, Path]] = []
+    def _check_free(self, dirname: str, present: list[int]) -> None:
+        for i in present:
+            vol = self.volumes.slots[i]
+            local = vol.local_path(dirname)
+            if vol.size(f"{dirname}/{MANIFEST}") is not None or (local and local.exists()):
+                raise ConflictError(
+                    f"{dirname} already exists on {vol.location} but is not a usable "
+                    "object (run `blockframe health`)"
+                )
+
+    def _place(self, dirname: str, stages: dict[int, Path]) -> None:
+        """Move the staged shards of every local volume into ``dirname``, each directory
+        marked as committing first, so nothing becomes visible before the manifests."""
         for i, stage in stages.items():
-            vol = vs.slots[i]
-            local = vol.local_path()
+            local = self.volumes.slots[i].local_path()
             if local is not None:
-                marker = stage / COMMITTING
-                with open(marker, "xb") as f:
+                with open(stage / COMMITTING, "xb") as f:
                     os.fsync(f.fileno())
                 os.rename(stage, local / dirname)
                 fsync_dir(local)
-            else:
-                vol.write(f"{dirname}/{COMMITTING}", b"")
-                for path in sorted(stage.rglob("*")):
-                    if path.is_file():
-                        rel = path.relative_to(stage).as_posix()
-                        uploads.append((vol, f"{dirname}/{rel}", path))
-        if uploads:
-            with ThreadPoolExecutor(UPLOADS, thread_name_prefix="upload") as pool:
-                for done in [pool.submit(vol.upload, rel, path) for vol, rel, path in uploads]:
-                    done.result()
 
     def _discard(self, entry: Entry) -> None:
         """Remove an object from every volume: marked first, manifests next (it is then
@@ -254,6 +265,71 @@ class VolumeArchive(Archive):
                     vol.remove_tree(dirname)
             except OSError as e:
                 log.warning("%s: cannot remove %s: %s", vol.location, dirname, e)
+
+
+class _Uploader:
+    """Uploads the shards bound for buckets as soon as the core has written their stripe
+    (it reports source bytes done; a stripe is complete once they pass its end)."""
+
+    def __init__(
+        self,
+        vs: VolumeSet,
+        dirname: str,
+        stripes: list[layout.PlannedStripe],
+        placement: list[list[int]],
+        stages: dict[int, Path],
+    ) -> None:
+        self.vs, self.dirname, self.stripes = vs, dirname, stripes
+        self.placement, self.stages = placement, stages
+        self.ends = list(itertools.accumulate(sum(n for _, n in st.data) for st in stripes))
+        self.next = 0
+        self.pool = ThreadPoolExecutor(UPLOADS, thread_name_prefix="upload")
+        self.futures: list[Future[None]] = []
+
+    def progress(self, done: int) -> None:
+        while self.next < len(self.stripes) and done >= self.ends[self.next]:
+            self._submit(self.next)
+            self.next += 1
+        for f in self.futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+    def _submit(self, si: int) -> None:
+        st = self.stripes[si]
+        paths = [p for p, _ in st.data] + list(st.parity)
+        for rel, v in zip(paths, self.placement[si], strict=True):
+            vol = self.vs.slots[v]
+            if not vol.is_local:
+                local = self.stages[v] / rel
+                self.futures.append(self.pool.submit(vol.upload, f"{self.dirname}/{rel}", local))
+
+    def finish(self) -> None:
+        """Upload what is left and wait for every upload."""
+        while self.next < len(self.stripes):
+            self._submit(self.next)
+            self.next += 1
+        try:
+            for f in self.futures:
+                f.result()
+        finally:
+            self.pool.shutdown()
+
+    def abandon(self) -> None:
+        """Stop uploading; what went up stays marked ``.committing`` for health."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _both(
+    a: Callable[[int], None] | None, b: Callable[[int], None] | None
+) -> Callable[[int], None] | None:
+    if a is None or b is None:
+        return a or b
+
+    def call(done: int) -> None:
+        a(done)
+        b(done)
+
+    return call
 
 
 @contextlib.contextmanager
