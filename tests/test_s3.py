@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -179,9 +180,23 @@ def test_interrupted_bucket_commit_is_cleaned(bucket_archive: S3Env) -> None:
     vol.write(f"{d}/data.dat", b"x" * 100)
     r = env.run("list", "--json")
     assert "ghost.bin" not in {o["name"] for o in json.loads(r.stdout)["objects"]}
+    # Just written: a commit may still be uploading, so it is kept.
     code, report = env.health()
     assert code == 0
-    assert [(x["path"], x["action"]) for x in report["leftovers"]] == [(d, "removed")]
+    assert [(x["path"], x["action"]) for x in report["leftovers"]] == [(d, "kept-recent")]
+    assert vol.files(d) != []
+    newest = vol.newest(d)
+    assert newest is not None and abs(newest - time.time()) < 120
+    from blockframe.config import load_config
+    from blockframe.health import Health
+    from blockframe.volume_archive import open_archive_at
+
+    cfg = load_config(env.root / "config.toml")
+    later = Health(
+        open_archive_at(env.locations, cfg.storage, cfg.s3), clock=lambda: time.time() + 7200
+    )
+    report2 = later.run(later.plan())
+    assert [(x.path, x.action) for x in report2.leftovers] == [(d, "removed")]
     assert vol.files(d) == []
 
 

@@ -362,3 +362,23 @@ def test_volumes_config_errors(tmp_path: Path) -> None:
         [sys.executable, "-m", "blockframe", "list"], cwd=tmp_path, capture_output=True
     )
     assert r.returncode == 2 and b"non-empty list" in r.stderr
+
+
+def test_a_volume_added_later_gets_new_objects_and_every_manifest(four: Vols) -> None:
+    fifth = four.root / "disk4" / "bf"
+    fifth.mkdir(parents=True)
+    four.vols.append(fifth)
+    listed = ", ".join(f'"{v}"' for v in four.vols)
+    (four.root / "config.toml").write_text(f"[archive]\nvolumes = [{listed}]\n{STORAGE}")
+    src = four.root / "src" / "late.bin"
+    src.write_bytes(data(300_000, seed=99))
+    assert four.run("commit", "-f", str(src)).returncode == 0
+    m = four.archive().get("late.bin").manifest
+    assert 4 in {sh.volume for st in m.stripes for sh in st.shards}
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout
+    for e in four.archive().scan().entries.values():
+        assert (fifth / e.dirname / MANIFEST).is_file()
+    shutil.rmtree(four.vols[4])
+    four.restore_all()
+    assert four.run("restore", "late.bin", "-o", "-").stdout == src.read_bytes()

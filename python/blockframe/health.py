@@ -808,12 +808,14 @@ class Health:
         report.leftovers.append(leftover)
         young = False
         for _, vol in self.vs.present_volumes():
-            marker = vol.local_path(f"{d}/{COMMITTING}")
-            with contextlib.suppress(OSError):
-                if marker is not None and marker.exists():
-                    young |= self.clock() - _newest_mtime(marker.parent) < (
-                        self.options.leftover_grace
-                    )
+            # Anything written under the directory lately (a shard still going up, on any
+            # volume) means the commit may still be running.
+            try:
+                newest = vol.newest(d)
+            except OSError:
+                newest = None
+            if newest is not None and self.clock() - newest < self.options.leftover_grace:
+                young = True
         if young:
             leftover.action = "kept-recent"
             leftover.detail = "modified recently: a commit may still be running"

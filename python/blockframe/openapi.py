@@ -270,6 +270,13 @@ def openapi(secured: bool) -> dict[str, Any]:
                         "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                         "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "created": {"type": "string", "format": "date-time"},
+                        "volumes_can_lose": {
+                            "description": "Volume archives only: how many more whole "
+                            "volumes the object can lose with every byte still readable "
+                            "(-1: data already lost).",
+                            "type": "integer",
+                            "minimum": -1,
+                        },
                         "scrub": {
                             "description": "The latest `blockframe health` outcome for the "
                             "object, or null if it was never scrubbed.",

@@ -121,6 +121,12 @@ class Volume(ABC):
         size), sorted by path; ``[]`` if the directory does not exist."""
 
     @abstractmethod
+    def newest(self, rel: str) -> float | None:
+        """The latest modification time (seconds since the epoch) of anything under
+        directory ``rel``; ``None`` if it does not exist. Tells whether an operation may
+        still be writing there."""
+
+    @abstractmethod
     def remove(self, rel: str) -> None:
         """Delete one file; a missing file is fine."""
 
@@ -290,6 +296,21 @@ class LocalVolume(Volume):
                     continue
                 out.append((p.relative_to(top).as_posix(), st.st_size))
         return sorted(out)
+
+    def newest(self, rel: str) -> float | None:
+        """Newest mtime of ``rel`` and everything under it (it included)."""
+        top = self._path(rel, allow_root=True)
+        try:
+            newest = top.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        for dirpath, dirs, names in os.walk(top):
+            for name in dirs + names:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+        return newest
 
     def remove(self, rel: str) -> None:
         """Unlink the file (missing is fine)."""
@@ -657,6 +678,23 @@ class S3Volume(Volume):
         except _BOTO_ERRORS as e:
             self._fail(e, "list", rel)
         return sorted(out)
+
+    def newest(self, rel: str) -> float | None:
+        """Latest ``LastModified`` of the keys under ``rel/`` (paginated listing)."""
+        prefix = self._dir_prefix(rel)
+        newest: float | None = None
+        try:
+            for page in self._pages(Prefix=prefix):
+                for obj in page.get("Contents", ()):
+                    t = obj["LastModified"].timestamp()
+                    newest = t if newest is None else max(newest, t)
+        except botocore.exceptions.ClientError as e:
+            if _code(e)[0] == "NoSuchBucket":
+                return None
+            self._fail(e, "list", rel)
+        except _BOTO_ERRORS as e:
+            self._fail(e, "list", rel)
+        return newest
 
     def remove(self, rel: str) -> None:
         """``delete_object`` (S3 answers success for a missing key)."""
