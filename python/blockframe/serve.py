@@ -570,7 +570,11 @@ class Server:
             os.close(fd)
             return Response(status_code=status, headers=headers, media_type=OCTET)
         start, end = span or (0, size)
-        return _Stream(self._raw(fd, start, end), status, headers, lambda: os.close(fd))
+
+        def read_file(pos: int, n: int) -> bytes:
+            return os.pread(fd, n, pos)
+
+        return _Stream(self._raw(read_file, start, end), status, headers, lambda: os.close(fd))
 
     async def _bucket_shard(self, request: Request, vol: Volume, key: str) -> Response:
         """A shard range from a bucket volume, passed through unverified (as for files:
@@ -591,31 +595,21 @@ class Server:
             return Response(status_code=status, headers=headers, media_type=OCTET)
         start, end = span or (0, size)
 
-        async def pieces(pos: int) -> AsyncIterator[bytes]:
-            try:
-                while pos < end:
-                    piece = await run_in_threadpool(
-                        vol.get_range, key, pos, min(BUCKET_PIECE, end - pos)
-                    )
-                    if not piece:
-                        log.error("aborted a shard response: %s shrank at byte %d", key, pos)
-                        raise _Abort
-                    pos += len(piece)
-                    yield piece
-                    self.metrics.add("blockframe_bytes_served_total", len(piece))
-            except OSError as e:
-                log.error("aborted a shard response: %s", e)
-                raise _Abort from None
+        def read(pos: int, n: int) -> bytes:
+            return vol.get_range(key, pos, n) or b""
 
-        return _Stream(pieces(start), status, headers, lambda: None)
+        return _Stream(self._raw(read, start, end, BUCKET_PIECE), status, headers, lambda: None)
 
-    async def _raw(self, fd: int, pos: int, end: int) -> AsyncIterator[bytes]:
-        """Raw bytes of a shard file; a file that shrinks under us aborts."""
+    async def _raw(
+        self, read: Callable[[int, int], bytes], pos: int, end: int, step: int = PIECE
+    ) -> AsyncIterator[bytes]:
+        """Raw bytes of a shard (``read(offset, n)``, off the event loop); a shard that
+        shrinks under us aborts."""
         try:
             while pos < end:
-                piece = await run_in_threadpool(os.pread, fd, min(PIECE, end - pos), pos)
+                piece = await run_in_threadpool(read, pos, min(step, end - pos))
                 if not piece:
-                    log.error("aborted a shard response: the file shrank at byte %d", pos)
+                    log.error("aborted a shard response: the shard shrank at byte %d", pos)
                     raise _Abort
                 pos += len(piece)
                 yield piece

@@ -661,40 +661,33 @@ class S3Volume(Volume):
             self._fail(e, "stat", rel)
         return int(response["ContentLength"])
 
-    def files(self, rel: str) -> list[tuple[str, int]]:
-        """Every key under ``rel/`` with its size (paginated listing), sorted."""
+    def _objects(self, rel: str) -> list[tuple[str, dict[str, Any]]]:
+        """(path relative to ``rel``, listing entry) of every key under ``rel/``, directory
+        markers skipped (paginated); ``[]`` when the bucket does not exist."""
         prefix = self._dir_prefix(rel)
-        out: list[tuple[str, int]] = []
+        out: list[tuple[str, dict[str, Any]]] = []
         try:
             for page in self._pages(Prefix=prefix):
                 for obj in page.get("Contents", ()):
                     name = obj["Key"][len(prefix) :]
-                    if name and not name.endswith("/"):  # skip directory markers
-                        out.append((name, int(obj["Size"])))
+                    if name and not name.endswith("/"):
+                        out.append((name, obj))
         except botocore.exceptions.ClientError as e:
             if _code(e)[0] == "NoSuchBucket":
                 return []
             self._fail(e, "list", rel)
         except _BOTO_ERRORS as e:
             self._fail(e, "list", rel)
-        return sorted(out)
+        return out
+
+    def files(self, rel: str) -> list[tuple[str, int]]:
+        """Every key under ``rel/`` with its size (paginated listing), sorted."""
+        return sorted((name, int(obj["Size"])) for name, obj in self._objects(rel))
 
     def newest(self, rel: str) -> float | None:
         """Latest ``LastModified`` of the keys under ``rel/`` (paginated listing)."""
-        prefix = self._dir_prefix(rel)
-        newest: float | None = None
-        try:
-            for page in self._pages(Prefix=prefix):
-                for obj in page.get("Contents", ()):
-                    t = obj["LastModified"].timestamp()
-                    newest = t if newest is None else max(newest, t)
-        except botocore.exceptions.ClientError as e:
-            if _code(e)[0] == "NoSuchBucket":
-                return None
-            self._fail(e, "list", rel)
-        except _BOTO_ERRORS as e:
-            self._fail(e, "list", rel)
-        return newest
+        times = [obj["LastModified"].timestamp() for _, obj in self._objects(rel)]
+        return max(times, default=None)
 
     def remove(self, rel: str) -> None:
         """``delete_object`` (S3 answers success for a missing key)."""
