@@ -382,3 +382,23 @@ def test_a_volume_added_later_gets_new_objects_and_every_manifest(four: Vols) ->
     shutil.rmtree(four.vols[4])
     four.restore_all()
     assert four.run("restore", "late.bin", "-o", "-").stdout == src.read_bytes()
+
+
+def test_an_emptied_object_directory_on_one_volume_is_rebuilt_not_a_stray(
+    four: Vols,
+) -> None:
+    # Found by the torture suite (seed 5 on three volumes): a tier-1 object has one shard
+    # per volume, so one volume's directory can lose everything recognisable at once.
+    e = four.archive().get("t1.bin")
+    (sh,) = [sh for st in e.manifest.stripes for sh in st.shards if sh.volume == 1]
+    d = four.vols[1] / e.dirname
+    shutil.rmtree(d)
+    d.mkdir()
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout
+    report = json.loads(r.stdout)
+    assert report["strays"] == []
+    (obj,) = [o for o in report["objects"] if o["name"] == "t1.bin"]
+    assert obj["status"] == "repaired"
+    assert (d / MANIFEST).is_file() and (d / sh.path).stat().st_size == sh.size
+    four.restore_all()

@@ -101,8 +101,12 @@ Clock = Callable[[], float]
 Progress = Callable[[int], None]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_REPAIR_TEMP = re.compile(r"\.(.+)\.repair-\d+-\d+")
-_MANIFEST_TEMP = re.compile(r"\.(?:manifest\.json|manifest\.replica\.json)\.tmp-\d+")
+# Temporary files of an interrupted repair: the core's (".<shard>.repair-<pid>-<n>") and
+# those of a volume's atomic writes (".<file>.tmp-<12 hex>", store.py).
+_REPAIR_TEMP = re.compile(r"\.(.+)\.(?:repair-\d+-\d+|tmp-[0-9a-f]{12})")
+_MANIFEST_TEMP = re.compile(
+    r"\.(?:manifest\.json|manifest\.replica\.json)\.tmp-(?:\d+|[0-9a-f]{12})"
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -477,6 +481,10 @@ class Health:
                 objects.update(n for n in vol.listdir() if not n.startswith("."))
             except OSError as e:
                 raise UsageError(f"{vol.location}: cannot list volume: {e}") from None
+        # On one volume an object's directory may hold nothing recognisable (its only
+        # shard there and its manifest copies lost): it is the object's all the same.
+        theirs = {f"{root}/{name}" for root in plan.roots for name in objects}
+        plan.strays = [x for x in plan.strays if x.path not in theirs]
         if not self.options.dry_run:
             try:
                 vs.label_all()

@@ -43,6 +43,8 @@ import httpx
 
 from blockframe.archive import Archive
 from blockframe.errors import IntegrityError, NotFoundError
+from blockframe.manifest import COMMITTING
+from blockframe.volume_archive import open_archive_at
 
 TESTS = Path(__file__).resolve().parent.parent
 if str(TESTS) not in sys.path:
@@ -85,6 +87,7 @@ class Obj:
     ndata: list[int]
     orig: dict[str, bytes]  # every file of the object right after commit
     state: dict[str, bytes | None] = field(default_factory=dict)  # last known (None: missing)
+    manifests: tuple[str, ...] = MANIFESTS  # keys of every manifest copy
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Engine:
         serve_every: int = 25,
         max_objects: int = 10,
         max_size: int = 260_000,
+        volumes: int = 0,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -152,9 +156,22 @@ class Engine:
         self.health_time = 0.5
         self.restore_time = 0.5
         root.mkdir(parents=True, exist_ok=True)
-        (root / "config.toml").write_text(CONFIG_TOML)
         self.archive_dir = root / "archive"
-        self.archive = Archive(self.archive_dir, SMALL)
+        # volumes > 0: a volume archive over root/disk0 ... (files keyed relative to root);
+        # a whole volume is sometimes lost and replaced by an empty directory.
+        self.volumes = [root / f"disk{i}" for i in range(volumes)]
+        self.archive: Archive
+        if volumes:
+            listed = ", ".join(f'"{v}"' for v in self.volumes)
+            (root / "config.toml").write_text(
+                CONFIG_TOML.replace('directory = "archive"', f"volumes = [{listed}]")
+            )
+            for v in self.volumes:
+                v.mkdir(exist_ok=True)
+            self.archive = open_archive_at([str(v) for v in self.volumes], SMALL)
+        else:
+            (root / "config.toml").write_text(CONFIG_TOML)
+            self.archive = Archive(self.archive_dir, SMALL)
         self.environ = {
             k: v
             for k, v in os.environ.items()
@@ -193,7 +210,12 @@ class Engine:
         )
 
     def odir(self, o: Obj) -> Path:
-        return self.archive_dir / o.dirname
+        """What the object's file keys are relative to."""
+        return self.root if self.volumes else self.archive_dir / o.dirname
+
+    def homes(self) -> list[Path]:
+        """The directories holding object directories: the archive, or every volume."""
+        return self.volumes or [self.archive_dir]
 
     def read_state(self, o: Obj) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
@@ -224,7 +246,7 @@ class Engine:
     def lost(self, o: Obj) -> bool:
         """Beyond parity: both manifest copies damaged, or a chunk position of a stripe with
         more bad shards than parity shards."""
-        if all(o.state[m] != o.orig[m] for m in MANIFESTS):
+        if all(o.state[m] != o.orig[m] for m in o.manifests):
             return True
         for stripe in o.geometry:
             per_pos: Counter[int] = Counter()
@@ -236,7 +258,7 @@ class Engine:
         return False
 
     def unusable(self, o: Obj) -> bool:
-        return all(o.state[m] != o.orig[m] for m in MANIFESTS)
+        return all(o.state[m] != o.orig[m] for m in o.manifests)
 
     def bad_shards_in_stripe(self, o: Obj, si: int) -> set[str]:
         return {rel for rel, _ in o.geometry[si] if o.state[rel] != o.orig[rel]}
@@ -303,11 +325,22 @@ class Engine:
     def adopt(self, name: str, src: Path, content: bytes) -> Obj:
         entry = self.archive.get(name)
         m = entry.manifest
-        geometry = [[(s.path, s.size) for s in st.shards] for st in m.stripes]
-        rels = [rel for st in geometry for rel, _ in st] + list(MANIFESTS)
-        orig = {rel: (entry.path / rel).read_bytes() for rel in rels}
+        d = entry.dirname
+        if self.volumes:
+            geometry = [
+                [(f"disk{s.volume}/{d}/{s.path}", s.size) for s in st.shards] for st in m.stripes
+            ]
+            manifests = tuple(
+                f"disk{v}/{d}/{c}" for v in range(len(self.volumes)) for c in MANIFESTS
+            )
+        else:
+            geometry = [[(s.path, s.size) for s in st.shards] for st in m.stripes]
+            manifests = MANIFESTS
+        rels = [rel for st in geometry for rel, _ in st] + list(manifests)
+        base = self.root if self.volumes else entry.path
+        orig = {rel: (base / rel).read_bytes() for rel in rels}
         o = Obj(
-            name, src, content, entry.path.name, geometry, [len(st.data) for st in m.stripes], orig
+            name, src, content, d, geometry, [len(st.data) for st in m.stripes], orig, {}, manifests
         )
         o.state = dict(orig)
         self.objects[name] = o
@@ -315,7 +348,8 @@ class Engine:
 
     def retire(self, o: Obj, why: str) -> None:
         self.log(f"retire {o.name} ({why})")
-        shutil.rmtree(self.odir(o))
+        for home in self.homes():
+            shutil.rmtree(home / o.dirname, ignore_errors=True)
         del self.objects[o.name]
 
     def act_commit(self) -> None:
@@ -357,7 +391,12 @@ class Engine:
             set(listed) - {o.name for o in self.objects.values()} <= {name},
             f"list shows unknown objects after crash: {sorted(listed)}",
         )
-        visible = [p.name for p in self.archive_dir.iterdir() if not p.name.startswith(".")]
+        visible = [
+            p.name
+            for home in self.homes()
+            for p in home.iterdir()
+            if not p.name.startswith(".") and not (p / COMMITTING).exists()
+        ]
         if name in listed:
             r = self.cli("restore", name, "-o", "-")
             self.check(
@@ -484,7 +523,7 @@ class Engine:
             return
         both = self.rng.random() < 0.2
         lost_before = self.lost(o)
-        copies = list(MANIFESTS) if both else [self.rng.choice(MANIFESTS)]
+        copies = list(o.manifests) if both else [self.rng.choice(o.manifests)]
         kind = self.rng.choice(("flip", "truncate", "delete", "zero", "garbage"))
         self.log(f"action=damage-manifest name={o.name} copies={copies} kind={kind}")
         for c in copies:
@@ -494,6 +533,24 @@ class Engine:
         self.stats.manifests_damaged += sum(o.state[c] != before[c] for c in copies)
         if both and self.lost(o) and not lost_before:
             self.stats.beyond_parity_objects += 1
+
+    def act_lose_volume(self) -> None:
+        """A whole volume is lost and an empty directory put in its place."""
+        if not self.volumes:
+            return
+        v = self.rng.randrange(len(self.volumes))
+        self.log(f"action=lose-volume disk{v}")
+        lost_before = {o.name for o in self.objects.values() if self.lost(o)}
+        shutil.rmtree(self.volumes[v])
+        self.volumes[v].mkdir()
+        for o in self.objects.values():
+            before = o.state
+            o.state = self.read_state(o)
+            self.stats.shards_damaged += sum(
+                1 for k in o.state if o.state[k] != before[k] and k not in o.manifests
+            )
+            if self.lost(o) and o.name not in lost_before:
+                self.stats.beyond_parity_objects += 1
 
     def act_read(self) -> None:
         o = self.pick()
@@ -539,15 +596,21 @@ class Engine:
 
     def age_leftovers(self) -> None:
         past = time.time() - 2 * HOUR
-        for base in (self.archive_dir / ".staging", self.archive_dir / ".trash"):
-            if base.is_dir():
-                for p in base.rglob("*"):
+        for home in self.homes():
+            for base in (home / ".staging", home / ".trash"):
+                if base.is_dir():
+                    for p in base.rglob("*"):
+                        os.utime(p, (past, past), follow_symlinks=False)
+                    for p in base.iterdir():
+                        os.utime(p, (past, past), follow_symlinks=False)
+            known = {o.dirname for o in self.objects.values()}
+            for top in home.iterdir() if home.is_dir() else ():
+                if top.name.startswith("."):
+                    continue
+                # Interrupted volume commits: whole marked directories age.
+                pattern = "*" if top.name not in known else ".*"
+                for p in [top, *top.rglob(pattern)] if pattern == "*" else top.rglob(pattern):
                     os.utime(p, (past, past), follow_symlinks=False)
-                for p in base.iterdir():
-                    os.utime(p, (past, past), follow_symlinks=False)
-        for o in self.objects.values():
-            for p in self.odir(o).rglob(".*"):
-                os.utime(p, (past, past), follow_symlinks=False)
 
     def act_health(self, dry_run: bool | None = None, age: bool | None = None) -> None:
         if dry_run is None:
@@ -574,7 +637,7 @@ class Engine:
         # An object directory whose two manifest copies are both gone cannot be verified any
         # more: health must report it unusable and exit 1 (found by this suite, seed 1000).
         headless = {
-            o.name for o in self.objects.values() if all(o.state[m] is None for m in MANIFESTS)
+            o.name for o in self.objects.values() if all(o.state[m] is None for m in o.manifests)
         }
         counted = lost | headless | (damaged if dry_run else set())
         want = {1} if counted else {0}
@@ -629,9 +692,15 @@ class Engine:
                     bad = self.damaged_files(o)
                     self.check(not bad, f"health exit 0 but {o.name} still differs: {bad}")
             if age:
-                staging = self.archive_dir / ".staging"
-                left = list(staging.iterdir()) if staging.is_dir() else []
-                self.check(not left, f"aged staging leftovers not removed: {left}")
+                for home in self.homes():
+                    staging = home / ".staging"
+                    left = list(staging.iterdir()) if staging.is_dir() else []
+                    self.check(not left, f"aged staging leftovers not removed: {left}")
+                    known = {o.dirname for o in self.objects.values()}
+                    extra = {p.name for p in home.iterdir() if not p.name.startswith(".")}
+                    self.check(
+                        extra <= known, f"aged incomplete objects not removed: {extra - known}"
+                    )
             else:
                 for lo in doc["leftovers"]:
                     self.check(lo["action"] in ("removed", "kept-recent"), f"leftover {lo}")
@@ -793,7 +862,7 @@ class Engine:
                 usable = {
                     o.name
                     for o in self.objects.values()
-                    if not all(o.state[m] != o.orig[m] for m in MANIFESTS)
+                    if not all(o.state[m] != o.orig[m] for m in o.manifests)
                 }
                 self.check(
                     usable <= listed, f"server lists {sorted(listed)}, expected {sorted(usable)}"
@@ -834,8 +903,9 @@ class Engine:
                     "health",
                     "crash-health",
                     "crash-restore",
+                    "lose-volume",
                 ),
-                weights=(10, 6, 20, 5, 5, 20, 8, 10, 3, 3),
+                weights=(10, 6, 20, 5, 5, 20, 8, 10, 3, 3, 3 if self.volumes else 0),
             )[0]
         self.stats.actions[action] += 1
         if action == "commit":
@@ -867,6 +937,8 @@ class Engine:
         elif action == "crash-restore":
             self.act_crash_restore()
             self.observe("crash-restore")
+        elif action == "lose-volume":
+            self.act_lose_volume()
         elif action == "mount":
             self.act_mount()
         elif action == "serve":

@@ -27,6 +27,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300, help="steps per seed")
     ap.add_argument("--load-seconds", type=float, default=None, help="default: 10%% of budget")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument(
+        "--volumes",
+        type=int,
+        default=0,
+        help="spread the archive over N volumes (and lose whole ones); 0: one directory",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="print every step")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args()
@@ -51,7 +57,7 @@ def main() -> int:
     load = None
     while time.monotonic() - started < budget - load_seconds or not seeds:
         remaining = budget - load_seconds - (time.monotonic() - started)
-        e = Engine(seed, work / f"seed-{seed}", log=log)
+        e = Engine(seed, work / f"seed-{seed}", log=log, volumes=args.volumes)
         seeds.append(seed)
         try:
             e.run(steps=args.steps, seconds=max(remaining, 5))

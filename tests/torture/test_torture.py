@@ -46,6 +46,15 @@ def test_torture_seed(seed: int, tmp_path: Path) -> None:
     assert all(line.startswith(f"seed={seed} step=") for line in lines)
 
 
+@pytest.mark.parametrize("seed", [5, 6])
+def test_torture_seed_on_three_volumes(seed: int, tmp_path: Path) -> None:
+    """The same oracle over a volume archive, with whole volumes lost and replaced."""
+    e = Engine(seed, tmp_path / "t", mount_every=20, serve_every=20, volumes=3)
+    stats = e.run(steps=60)
+    assert stats.wrong_bytes == 0 and stats.recoverable_lost == 0
+    assert stats.steps == 60 and stats.bytes_verified > 0
+
+
 def test_failures_name_seed_and_step(tmp_path: Path) -> None:
     e = Engine(77, tmp_path / "t")
     e.step = 12
