@@ -212,14 +212,17 @@ class VolumeArchive(Archive):
             if uploader is None:
                 self._check_free(dirname, present)
             self._place(dirname, stages)
-            failed = vs.write_manifest(dirname, manifest)
+            # Each volume's marker goes right after its manifests: a marker left next to
+            # a manifest is what a crash here leaves, and health removes it.
+            failed = []
+            for i in present:
+                failed += vs.write_manifest(dirname, manifest, only=i)
+                with contextlib.suppress(OSError):
+                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
             if len(failed) == 2 * len(present):
                 raise ArchiveError(f"commit of {src}: no manifest could be written: {failed[0]}")
             for f in failed:
                 log.warning("%s: %s (health will restore it)", dirname, f)
-            for i in present:
-                with contextlib.suppress(OSError):
-                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
         return Entry(name, self._path(dirname), manifest, (), vs)
 
     def _check_free(self, dirname: str, present: list[int]) -> None:

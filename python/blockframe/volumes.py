@@ -138,8 +138,9 @@ class VolumeSet:
 
     def load_manifest(self, dirname: str, repair: str = "existing") -> VolumeLoaded:
         """The manifest of object directory ``dirname``: the first copy that verifies, on
-        any volume. ``repair``: "none" writes nothing, "existing" rewrites bad or missing
-        copies on volumes that hold any copy, "all" writes a copy on every present volume.
+        any volume. ``repair``: "existing" (readers) stops at the first volume with a good
+        copy and rewrites a bad copy there; "none" (dry runs) checks every volume and
+        writes nothing; "all" (health) checks every volume and writes both copies on each.
         """
         found: Loaded | None = None
         source = -1
@@ -159,6 +160,8 @@ class VolumeSet:
             if found is None:
                 found, source = loaded, i
                 raw_good = loaded.manifest.to_json()
+            if repair == "existing":
+                break  # readers need one good copy; health checks the others
         if found is None or raw_good is None:
             committing = any(
                 vol.size(f"{dirname}/{COMMITTING}") is not None for _, vol in self.present_volumes()
@@ -173,6 +176,8 @@ class VolumeSet:
         repaired: list[str] = []
         problems: list[str] = []
         for i, vol in self.present_volumes():
+            if i not in per:
+                continue
             got = per.get(i)
             if isinstance(got, Loaded) and got.manifest == found.manifest:
                 copies_bad = [p.split(":")[0] for p in got.problems]
@@ -200,11 +205,14 @@ class VolumeSet:
                     log.warning("%s: cannot rewrite %s/%s: %s", vol.location, dirname, copy, e)
         return VolumeLoaded(found.manifest, tuple(repaired), tuple(problems), source)
 
-    def write_manifest(self, dirname: str, m: Manifest) -> list[str]:
-        """Write both copies of ``m`` on every present volume; returns failures."""
+    def write_manifest(self, dirname: str, m: Manifest, only: int | None = None) -> list[str]:
+        """Write both copies of ``m`` on every present volume (or just volume ``only``);
+        returns failures."""
         body = m.to_json()
         failed = []
         for i, vol in self.present_volumes():
+            if only is not None and i != only:
+                continue
             for copy in (MANIFEST, REPLICA):
                 try:
                     vol.write(f"{dirname}/{copy}", body)

@@ -257,6 +257,10 @@ class Engine:
                 return True
         return False
 
+    def marked(self, o: Obj) -> bool:
+        """A volume commit's ``.committing`` marker is still in one of its directories."""
+        return any((v / o.dirname / COMMITTING).exists() for v in self.volumes)
+
     def unusable(self, o: Obj) -> bool:
         return all(o.state[m] != o.orig[m] for m in o.manifests)
 
@@ -336,13 +340,17 @@ class Engine:
         else:
             geometry = [[(s.path, s.size) for s in st.shards] for st in m.stripes]
             manifests = MANIFESTS
-        rels = [rel for st in geometry for rel, _ in st] + list(manifests)
         base = self.root if self.volumes else entry.path
-        orig = {rel: (base / rel).read_bytes() for rel in rels}
+        orig = {rel: (base / rel).read_bytes() for st in geometry for rel, _ in st}
+        # A commit killed between two volumes' manifests is complete (every shard is in
+        # place) but some copies are missing: their original is the manifest all the same.
+        body = m.to_json() if self.volumes else None
+        for rel in manifests:
+            orig[rel] = body if body is not None else (base / rel).read_bytes()
         o = Obj(
             name, src, content, d, geometry, [len(st.data) for st in m.stripes], orig, {}, manifests
         )
-        o.state = dict(orig)
+        o.state = self.read_state(o)
         self.objects[name] = o
         return o
 
@@ -639,6 +647,23 @@ class Engine:
         headless = {
             o.name for o in self.objects.values() if all(o.state[m] is None for m in o.manifests)
         }
+        # A volume commit killed after its manifests but before removing every marker, whose
+        # manifests are then all lost before any health run, is indistinguishable from an
+        # interrupted commit: health may treat it as one (FORMAT.md section 17).
+        leftover_dirs = {x["path"]: x["action"] for x in doc["leftovers"]}
+        as_leftover = {
+            o.name
+            for o in self.objects.values()
+            if o.name in headless and self.marked(o) and o.dirname in leftover_dirs
+        }
+        # Every file of an object gone from every volume (volumes lost one after another
+        # with no health run between): nothing is left that could name it.
+        vanished = {
+            o.name for o in self.objects.values() if all(o.state[k] is None for k in o.orig)
+        }
+        vanished_dirs = {self.objects[n].dirname for n in vanished}
+        lost -= as_leftover | vanished
+        headless -= as_leftover | vanished
         counted = lost | headless | (damaged if dry_run else set())
         want = {1} if counted else {0}
         self.check(
@@ -650,6 +675,18 @@ class Engine:
         self.stats.headless_unusable += len(headless)
         for o in list(self.objects.values()):
             rep = by_dir.get(o.dirname)
+            if o.name in vanished:
+                self.check(
+                    rep is None or rep["status"] == "unusable", f"{o.dirname} vanished: {rep}"
+                )
+                if not dry_run:
+                    self.retire(o, "every file lost")
+                continue
+            if o.name in as_leftover:
+                self.check(rep is None, f"{o.dirname} both a leftover and an object")
+                if leftover_dirs[o.dirname] == "removed":
+                    self.retire(o, "headless and marked: removed as an interrupted commit")
+                continue
             if o.name in headless:
                 self.check(
                     rep is not None and rep["status"] == "unusable",
@@ -679,6 +716,8 @@ class Engine:
             else:
                 self.check(rep["status"] == "healthy", f"{o.name} undamaged but {rep['status']}")
         known = {o.dirname for o in self.objects.values() if o.name in headless}
+        # Empty directories of vanished objects are strays on their volumes.
+        known |= {f"{v}/{d}" for v in self.volumes for d in vanished_dirs}
         self.check(strays <= known, f"unexpected strays: {sorted(strays - known)}")
         if dry_run:
             for o in self.objects.values():
@@ -686,6 +725,8 @@ class Engine:
         else:
             self.observe("health")
             for o in list(self.objects.values()):
+                if o.name in as_leftover:
+                    continue  # kept as a recent left-over: removed by an aged run
                 if o.name in lost:
                     self.retire(o, "beyond parity, reported by health")
                 else:
