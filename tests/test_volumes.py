@@ -402,3 +402,23 @@ def test_an_emptied_object_directory_on_one_volume_is_rebuilt_not_a_stray(
     assert obj["status"] == "repaired"
     assert (d / MANIFEST).is_file() and (d / sh.path).stat().st_size == sh.size
     four.restore_all()
+
+
+def test_a_marked_object_with_damaged_manifests_is_unusable_not_a_leftover(
+    four: Vols,
+) -> None:
+    # Found by the torture suite (seed 2012 on three volumes): a commit killed while it
+    # wrote manifests leaves markers; if every manifest copy is then damaged, the copies
+    # prove the commit got that far, so the object is reported, never removed.
+    d = four.archive().get("t2.bin").dirname
+    for vol in four.vols:
+        (vol / d / COMMITTING).write_bytes(b"")
+        for copy in (MANIFEST, REPLICA):
+            (vol / d / copy).write_bytes(b"garbage")
+    report = Health(four.archive(), Options(leftover_grace=0)).run(
+        Health(four.archive(), Options(leftover_grace=0)).plan()
+    )
+    assert report.exit_code == 1 and report.leftovers == []
+    (obj,) = [o for o in report.objects if o.directory == d]
+    assert obj.status == "unusable"
+    assert all((vol / d).is_dir() for vol in four.vols)

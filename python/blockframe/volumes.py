@@ -163,10 +163,16 @@ class VolumeSet:
             if repair == "existing":
                 break  # readers need one good copy; health checks the others
         if found is None or raw_good is None:
-            committing = any(
-                vol.size(f"{dirname}/{COMMITTING}") is not None for _, vol in self.present_volumes()
+            # Marked, and no manifest copy was ever written (a damaged copy would prove
+            # the commit got that far): an interrupted commit, not a damaged object.
+            present = self.present_volumes()
+            committing = any(vol.size(f"{dirname}/{COMMITTING}") is not None for _, vol in present)
+            written = any(
+                vol.size(f"{dirname}/{copy}") is not None
+                for _, vol in present
+                for copy in (MANIFEST, REPLICA)
             )
-            if committing:
+            if committing and not written:
                 raise IncompleteError(
                     f"{dirname}: incomplete (a commit or removal was interrupted or is "
                     "under way; health removes it)"

@@ -664,7 +664,9 @@ class Engine:
         vanished_dirs = {self.objects[n].dirname for n in vanished}
         lost -= as_leftover | vanished
         headless -= as_leftover | vanished
-        counted = lost | headless | (damaged if dry_run else set())
+        # A vanished object whose empty directories still look like one is unusable.
+        shown = {n for n in vanished if self.objects[n].dirname in by_dir}
+        counted = lost | headless | shown | (damaged if dry_run else set())
         want = {1} if counted else {0}
         self.check(
             r.returncode in want,
