@@ -422,3 +422,19 @@ def test_a_marked_object_with_damaged_manifests_is_unusable_not_a_leftover(
     (obj,) = [o for o in report.objects if o.directory == d]
     assert obj.status == "unusable"
     assert all((vol / d).is_dir() for vol in four.vols)
+
+
+def test_bad_volume_locations_are_one_line_errors(tmp_path: Path) -> None:
+    def run(config: str) -> subprocess.CompletedProcess[bytes]:
+        (tmp_path / "config.toml").write_text(config)
+        return subprocess.run(
+            [sys.executable, "-m", "blockframe", "list"], cwd=tmp_path, capture_output=True
+        )
+
+    r = run('[archive]\ndirectory = "s3://ab"\n')
+    assert r.returncode == 2 and b"invalid S3 bucket name" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    r = run(f'[archive]\nvolumes = ["{tmp_path}/a", "{tmp_path}/b"]\n')
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    assert f"{tmp_path}/a: no such directory".encode() in r.stderr
+    assert not (tmp_path / "a").exists()

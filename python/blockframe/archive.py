@@ -19,7 +19,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -492,7 +492,7 @@ class Archive:
         tier, stripes = layout.plan(size, storage)
         stage = self.root / STAGING / uuid.uuid4().hex
         stage.mkdir()
-        with commit_errors(src), _removing(stage):
+        with commit_errors(src), removing([stage]):
             content, hashes = _core.commit(
                 str(src),
                 [(str(stage), True)],
@@ -599,8 +599,9 @@ def commit_errors(src: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _removing(*paths: Path) -> Iterator[None]:
-    """Remove ``paths`` (staging directories) when the block ends, however it ends."""
+def removing(paths: Iterable[Path]) -> Iterator[None]:
+    """Remove ``paths`` (staging directories) when the block ends, however it ends; read
+    at the end, so a live view (``dict.values()``) covers what the block added."""
     try:
         yield
     finally:

@@ -72,6 +72,7 @@ from blockframe.manifest import (
     load,
     write_file,
 )
+from blockframe.store import Volume
 from blockframe.volumes import IncompleteError, VolumeSet, can_lose
 
 __all__ = [
@@ -464,7 +465,7 @@ class Health:
     def _list_volumes(self, plan: Plan, vs: VolumeSet) -> list[str]:
         """Object directories on any present volume (an object usually has one on each)."""
         if not vs.present:
-            raise UsageError(f"{vs.location}: no volume of the archive is present")
+            raise UsageError(vs.none_present())
         for i in sorted(set(vs.slots) - vs.present):
             plan.notes.append(
                 f"volume {i} ({vs.slots[i].location}) is absent: its shards are rebuilt "
@@ -760,15 +761,16 @@ class Health:
         if lost and not dry:
             target = replace_lost(m, vs.present)
         for i, vol in vs.present_volumes():
-            if not dry:
-                with contextlib.suppress(OSError):
-                    vol.remove(f"{d}/{COMMITTING}")  # the commit got as far as manifests
             local = vol.local_path(d)
             if local is not None:
-                if local.is_dir():
+                names = set(os.listdir(local)) if local.is_dir() else set()
+                if names:
                     self._extras(local, target, report, volume=i)
             else:
-                self._remote_extras(vol, d, target, i, report)
+                names = self._remote_extras(vol, d, target, i, report)
+            if COMMITTING in names and not dry:
+                with contextlib.suppress(OSError):
+                    vol.remove(f"{d}/{COMMITTING}")  # the commit got as far as manifests
         core = core_object(Entry(m.name, self.root / d, m, (), vs), manifest=target)
         return m, target, core
 
@@ -843,20 +845,21 @@ class Health:
             leftover.detail = str(e)
 
     def _remote_extras(
-        self, vol: Any, d: str, m: Manifest, volume: int, report: HealthReport
-    ) -> None:
+        self, vol: Volume, d: str, m: Manifest, volume: int, report: HealthReport
+    ) -> set[str]:
         """Keys under an object's prefix in a bucket that the manifest does not place
-        there: reported, never deleted."""
+        there: reported, never deleted. Returns every key found (relative to ``d``)."""
         allowed = {sh.path for st in m.stripes for sh in st.shards if sh.volume == volume}
         allowed |= {MANIFEST, REPLICA, COMMITTING}
         try:
             found = vol.files(d)
         except OSError as e:
             report.notes.append(f"{vol.location}/{d}: cannot list: {e}")
-            return
+            return set()
         for rel, _ in found:
             if rel not in allowed:
                 report.strays.append(Stray(f"{vol.location}/{d}/{rel}", "file"))
+        return {rel for rel, _ in found}
 
     def _extras(
         self, path: Path, m: Manifest, report: HealthReport, volume: int | None = None

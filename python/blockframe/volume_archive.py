@@ -15,10 +15,9 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from blockframe.archive import (
     dirname_for,
     discard_dir,
     hash_file,
+    removing,
     validate_name,
 )
 from blockframe.config import S3Config, StorageConfig, check_storage
@@ -77,7 +77,7 @@ class VolumeArchive(Archive):
 
     def _require(self) -> None:
         if not self.volumes.present:
-            raise ArchiveError(f"{self.location}: no volume of the archive is present")
+            raise ArchiveError(self.volumes.none_present())
 
     def _names(self) -> list[str]:
         self._require()
@@ -136,7 +136,7 @@ class VolumeArchive(Archive):
                     raise ArchiveError(f"{vol.location}: cannot create volume: {e}") from None
                 vs.present.add(i)
         if not vs.present:
-            raise ArchiveError(f"{self.location}: no volume of the archive is present")
+            raise ArchiveError(self.volumes.none_present())
         for _, vol in vs.present_volumes():
             if vol.is_local:
                 path = vol.local_path()
@@ -168,7 +168,7 @@ class VolumeArchive(Archive):
         stages: dict[int, Path] = {}
         buckets = [i for i in present if not vs.slots[i].is_local]
         uploader: _Uploader | None = None
-        with commit_errors(src), _removing(stages):
+        with commit_errors(src), removing(stages.values()):
             if buckets:
                 # Shards go up while later stripes are still being encoded, so their key
                 # (the object id, from the content hash) is needed before the commit.
@@ -333,17 +333,6 @@ def _both(
         b(done)
 
     return call
-
-
-@contextlib.contextmanager
-def _removing(stages: dict[int, Path]) -> Iterator[None]:
-    """Remove the staging directories (filled in by the block) however the block ends."""
-    try:
-        yield
-    finally:
-        for stage in stages.values():
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
 
 
 def open_archive_at(

@@ -23,12 +23,12 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockframe.config import S3Config, StorageConfig
-from blockframe.errors import ArchiveError, ManifestError
+from blockframe.errors import ArchiveError, ManifestError, UsageError
 from blockframe.manifest import (
     COMMITTING,
     MANIFEST,
@@ -58,8 +58,6 @@ def adapted_storage(storage: StorageConfig, volumes: int) -> StorageConfig:
     k = min(storage.block_segments, (volumes - 1) * storage.parity_shards)
     if k == storage.block_segments:
         return storage
-    from dataclasses import replace
-
     return replace(storage, block_segments=k)
 
 
@@ -108,6 +106,13 @@ class VolumeSet:
     def location(self) -> str:
         """How the archive is named in messages."""
         return ", ".join(self.slots[i].location for i in sorted(self.slots))
+
+    def none_present(self) -> str:
+        """Why the archive cannot be used: every volume with the reason it is absent."""
+        why = "; ".join(
+            self.slots[i].why_absent() or self.slots[i].location for i in sorted(self.slots)
+        )
+        return f"no volume of the archive is present ({why})"
 
     def volume(self, index: int) -> Volume | None:
         """The volume with index ``index`` if it is present."""
@@ -349,7 +354,7 @@ def open_volumes(locations: Sequence[str], s3: S3Config | None = None) -> Volume
                 )
             )
         except ValueError as e:
-            raise ArchiveError(f"{loc}: {e}") from None
+            raise UsageError(f"{loc}: {e}") from None
     present = [v.present() for v in vols]
     labels: list[dict[str, object] | None] = [
         _read_label(v) if p else None for v, p in zip(vols, present, strict=True)
