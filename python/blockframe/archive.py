@@ -402,18 +402,8 @@ class Archive:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             return None
         loaded = load(path)
-        m = loaded.manifest
-        try:
-            validate_name(m.name)
-        except UsageError:
-            raise ManifestError(f"{path.name}: invalid object name in manifest") from None
-        if path.name != dirname_for(m.name, m.id):
-            raise ManifestError(f"{path.name}: directory name does not match its manifest")
-        for problem in loaded.problems:
-            log.warning("%s: %s", path.name, problem)
-        for copy in loaded.repaired:
-            log.warning("%s: %s rewritten from the good copy", path.name, copy)
-        return Entry(m.name, path, m, loaded.repaired)
+        accept(path.name, loaded.manifest, loaded.problems, loaded.repaired)
+        return Entry(loaded.manifest.name, path, loaded.manifest, loaded.repaired)
 
     def find(self, name: str) -> Entry | None:
         """The object called ``name``, loading only the manifests of directories whose
@@ -572,6 +562,26 @@ class Archive:
         )
         report.repaired, report.unrepaired = obj.repair()
         return report
+
+
+def check_dirname(dirname: str, m: Manifest) -> None:
+    """A manifest belongs in ``dirname`` only if its name is valid and encodes to it."""
+    try:
+        validate_name(m.name)
+    except UsageError:
+        raise ManifestError(f"{dirname}: invalid object name in manifest") from None
+    if dirname != dirname_for(m.name, m.id):
+        raise ManifestError(f"{dirname}: directory name does not match its manifest")
+
+
+def accept(dirname: str, m: Manifest, problems: Iterable[str], repaired: Iterable[str]) -> None:
+    """What every loader of an object does with its manifest: check that it belongs in
+    ``dirname`` and log what was wrong with its copies and what was rewritten."""
+    check_dirname(dirname, m)
+    for problem in problems:
+        log.warning("%s: %s", dirname, problem)
+    for copy in repaired:
+        log.warning("%s: %s rewritten from the good copy", dirname, copy)
 
 
 def discard_dir(root: Path, path: Path) -> None:

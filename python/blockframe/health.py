@@ -45,9 +45,8 @@ from blockframe.archive import (
     TRASH,
     Archive,
     Entry,
+    check_dirname,
     core_object,
-    dirname_for,
-    validate_name,
 )
 from blockframe.errors import ArchiveError, ManifestError, UsageError
 from blockframe.health_report import (
@@ -716,7 +715,7 @@ class Health:
         path = self.root / d
         loaded = load(path, repair=not self.options.dry_run)
         m = loaded.manifest
-        self._check_name(d, m)
+        check_dirname(d, m)
         core = core_object(Entry(m.name, path, m))
         self._describe(obj, m)
         obj.manifest_repaired = list(loaded.repaired)
@@ -731,12 +730,6 @@ class Health:
         return m, core
 
     @staticmethod
-    def _check_name(d: str, m: Manifest) -> None:
-        validate_name(m.name)
-        if d != dirname_for(m.name, m.id):
-            raise ManifestError(f"{d}: directory name does not match its manifest")
-
-    @staticmethod
     def _describe(obj: ObjectReport, m: Manifest) -> None:
         obj.name, obj.size, obj.tier, obj.stripes = m.name, m.size, m.tier, len(m.stripes)
 
@@ -749,7 +742,7 @@ class Health:
         dry = self.options.dry_run
         loaded = vs.load_manifest(d, "none" if dry else "all")
         m = loaded.manifest
-        self._check_name(d, m)
+        check_dirname(d, m)
         self._describe(obj, m)
         obj.manifest_repaired = list(loaded.repaired)
         for problem in loaded.problems:

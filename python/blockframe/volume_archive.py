@@ -28,15 +28,15 @@ from blockframe.archive import (
     Entry,
     Progress,
     _manifest,
+    accept,
     commit_errors,
     dirname_for,
     discard_dir,
     hash_file,
     removing,
-    validate_name,
 )
 from blockframe.config import S3Config, StorageConfig, check_storage
-from blockframe.errors import ArchiveError, ConflictError, ManifestError, SourceError
+from blockframe.errors import ArchiveError, ConflictError, SourceError
 from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, fsync_dir
 from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
 
@@ -92,26 +92,11 @@ class VolumeArchive(Archive):
     def _load(self, dirname: str) -> Entry | None:
         loaded = self.volumes.load_manifest(dirname)
         m = loaded.manifest
-        try:
-            validate_name(m.name)
-        except Exception:
-            raise ManifestError(f"{dirname}: invalid object name in manifest") from None
-        if dirname != dirname_for(m.name, m.id):
-            raise ManifestError(f"{dirname}: directory name does not match its manifest")
-        for problem in loaded.problems:
-            log.warning("%s: %s", dirname, problem)
-        for copy in loaded.repaired:
-            log.warning("%s: %s rewritten from the good copy", dirname, copy)
+        accept(dirname, m, loaded.problems, loaded.repaired)
         return Entry(m.name, self._path(dirname), m, loaded.repaired, self.volumes)
 
     def _path(self, dirname: str) -> Path:
         return self.root / dirname
-
-    def entry_for(self, dirname: str) -> Entry:
-        """The entry of one object directory (health uses this)."""
-        entry = self._load(dirname)
-        assert entry is not None
-        return entry
 
     def _exists(self) -> bool:
         return bool(self.volumes.present)
