@@ -364,7 +364,7 @@ def _repair_only(obj_dir: Path, shards: list[tuple[int, int]]) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from blockframe import _core
-    from blockframe.manifest import load
+    from blockframe.archive.directory import load_dir as load
 
     m = load(obj_dir, repair=False).manifest
     core = _core.Object(
@@ -627,7 +627,7 @@ def bench_s3(work: Path, rounds: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from seaweed import SeaweedFS
 
-    from blockframe.store import S3Volume
+    from blockframe.storage.s3 import S3Volume
 
     src = work / "src-1g.bin"
     make_file(src, GiB)
@@ -674,7 +674,7 @@ def bench_s3(work: Path, rounds: int) -> None:
             "-c",
             "import sys\n"
             "from pathlib import Path\n"
-            "from blockframe.store import S3Volume\n"
+            "from blockframe.storage.s3 import S3Volume\n"
             "url, ep, ak, sk, op, key, path = sys.argv[1:]\n"
             "v = S3Volume(url, endpoint=ep, access_key=ak, secret_key=sk)\n"
             "class Null:\n"

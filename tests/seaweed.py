@@ -23,7 +23,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from blockframe.store import S3Volume
+from blockframe.storage.s3 import S3Volume
 
 START_TIMEOUT = 60.0
 # SeaweedFS S3 without an identity config accepts any credentials; these are just non-empty.

@@ -25,9 +25,9 @@ import pytest
 from test_serve import Server
 
 import blockframe
-from blockframe.api import BlockFrameArchive, ObjectReader
+from blockframe.access.api import BlockFrameArchive, ObjectReader
+from blockframe.access.fsspec import BlockFrameFileSystem
 from blockframe.errors import IntegrityError, NotFoundError, ReadOnlyError, UsageError
-from blockframe.fsspec import BlockFrameFileSystem
 
 from conftest import CONFIG_TOML, SMALL, Env, data, flip
 
@@ -73,7 +73,7 @@ def damage_first_data_shard(env: Env, name: str) -> tuple[Path, bytes]:
 
 
 def test_open_archive_is_lazy() -> None:
-    code = "import sys, blockframe; print('blockframe.api' in sys.modules)"
+    code = "import sys, blockframe; print('blockframe.access.api' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

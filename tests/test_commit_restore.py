@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blockframe.manifest import MANIFEST, REPLICA
+from blockframe.format.manifest import MANIFEST, REPLICA
 
 from conftest import SMALL, Env, data
 
@@ -247,7 +247,7 @@ def test_config_errors(env: Env) -> None:
 
 def test_failed_commit_leaves_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit that fails after writing shards leaves no object and no staging data."""
-    from blockframe import archive as archive_mod
+    from blockframe.archive import directory as archive_mod
 
     src = env.file("a.bin", 50_000)
     arch = env.archive

@@ -115,9 +115,9 @@ def test_sigkill_during_a_volume_commit_leaves_nothing_or_a_complete_object(
 ) -> None:
     """The same over three volumes: killed commits are invisible (their marked directories
     are reported as incomplete, never listed) and health removes them from every volume."""
+    from blockframe.archive import open_archive_at
     from blockframe.config import load_config
     from blockframe.health import Health, Options
-    from blockframe.volume_archive import open_archive_at
 
     vols = [tmp_path / f"disk{i}" for i in range(3)]
     listed = ", ".join(f'"{v}"' for v in vols)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blockframe.manifest import MANIFEST, REPLICA
+from blockframe.format.manifest import MANIFEST, REPLICA
 
 from conftest import DAMAGE, SMALL, Env, snapshot
 
@@ -135,7 +135,7 @@ def test_damaged_manifest_restored_from_replica(env: Env, copy: str, how: str) -
 def test_merkle_root_is_checked_on_load(env: Env) -> None:
     """A manifest whose chunk hashes were changed and whose checksum was recomputed (so it
     is self-consistent) still fails: the Merkle root no longer matches."""
-    from blockframe.manifest import checksum
+    from blockframe.format.manifest import checksum
 
     obj, _, _ = commit(env, 1)
     doc = json.loads((obj / MANIFEST).read_bytes())

@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from blockframe.format.manifest import MANIFEST, REPLICA, Manifest
 from blockframe.health import Health, Options, parse_duration, report_schema, scrub
-from blockframe.manifest import MANIFEST, REPLICA, Manifest
 
 from conftest import Env, flip, garbage, snapshot, truncate
 

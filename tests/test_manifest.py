@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from blockframe.archive import Archive
 from blockframe.errors import ManifestError
-from blockframe.manifest import MANIFEST, checksum, parse
+from blockframe.format.manifest import MANIFEST, checksum, parse
 
 from conftest import SMALL, data
 

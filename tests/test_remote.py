@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from blockframe.access.view import ArchiveView
+from blockframe.archive.remote import RemoteArchive
 from blockframe.errors import ArchiveError, IntegrityError
-from blockframe.mount.view import ArchiveView
-from blockframe.remote import RemoteArchive
 
 from conftest import Env, data
 

@@ -21,8 +21,8 @@ from test_mount import start_mount
 from test_remote import Server
 from test_volumes import FILES, STORAGE, Vols, content
 
-from blockframe.remote import RemoteArchive
-from blockframe.store import S3Volume
+from blockframe.archive.remote import RemoteArchive
+from blockframe.storage.s3 import S3Volume
 
 seaweedfs = seaweed.seaweedfs
 
@@ -187,9 +187,9 @@ def test_interrupted_bucket_commit_is_cleaned(bucket_archive: S3Env) -> None:
     assert vol.files(d) != []
     newest = vol.newest(d)
     assert newest is not None and abs(newest - time.time()) < 120
+    from blockframe.archive import open_archive_at
     from blockframe.config import load_config
     from blockframe.health import Health
-    from blockframe.volume_archive import open_archive_at
 
     cfg = load_config(env.root / "config.toml")
     later = Health(
@@ -300,11 +300,11 @@ def test_serve_a_volume_archive_with_a_bucket(tmp_path: Path, seaweedfs: Seaweed
 def test_source_changed_during_a_bucket_commit_leaves_nothing_visible(
     tmp_path: Path, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from blockframe import volume_archive
+    from blockframe.archive import open_archive_at
+    from blockframe.archive import volumes as volume_archive
     from blockframe.config import S3Config
     from blockframe.errors import SourceError
     from blockframe.health import Health, Options
-    from blockframe.volume_archive import open_archive_at
 
     from conftest import SMALL
 

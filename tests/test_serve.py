@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blockframe import manifest, openapi
+from blockframe.access.http import openapi
+from blockframe.format import manifest
 
 from conftest import CONFIG_TOML, SMALL, Env, data, snapshot
 

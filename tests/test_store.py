@@ -19,8 +19,9 @@ import pytest
 import seaweed
 from seaweed import SeaweedFS
 
-from blockframe import store
-from blockframe.store import LocalVolume, S3Volume, Volume, open_volume
+from blockframe.storage import LocalVolume, Volume, open_volume
+from blockframe.storage import s3 as store
+from blockframe.storage.s3 import S3Volume
 
 MiB = 2**20
 # AWS's smallest part; SeaweedFS takes smaller ones, but the test should hold on AWS too.

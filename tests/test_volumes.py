@@ -17,11 +17,11 @@ import httpx
 import pytest
 from test_mount import start_mount
 
+from blockframe.archive import open_archive_at
 from blockframe.config import StorageConfig
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, parse
 from blockframe.health import Health, Options
-from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, parse
-from blockframe.volume_archive import open_archive_at
-from blockframe.volumes import adapted_storage, can_lose, place
+from blockframe.storage.volumes import adapted_storage, can_lose, place
 
 from conftest import CONFIG_TOML, SMALL, data
 
@@ -260,7 +260,7 @@ def test_mount_reads_every_byte_with_a_volume_missing(four: Vols) -> None:
 def test_serve_with_a_volume_missing(four: Vols) -> None:
     from test_remote import Server
 
-    from blockframe.remote import RemoteArchive
+    from blockframe.archive.remote import RemoteArchive
 
     shutil.rmtree(four.vols[0])
     server = Server(four)  # type: ignore[arg-type]

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import pytest
 
+from blockframe.access import winfsp
+from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive
 from blockframe.errors import (
     ArchiveError,
@@ -25,8 +27,6 @@ from blockframe.errors import (
     ReadOnlyError,
     UsageError,
 )
-from blockframe.mount import winfsp
-from blockframe.mount.view import ArchiveView
 
 from conftest import SMALL, Env, data
 
@@ -544,8 +544,8 @@ def test_mount_without_winfspy_says_so(view: ArchiveView) -> None:
 
 def test_import_does_not_import_winfspy() -> None:
     code = (
-        "import sys; import blockframe.mount.winfsp; "
-        "import blockframe.mount.view; "
+        "import sys; import blockframe.access.winfsp; "
+        "import blockframe.access.view; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'winfspy'))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

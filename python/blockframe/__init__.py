@@ -1,6 +1,6 @@
 """BlockFrame: a local write-once archive protected by Reed-Solomon parity and BLAKE3 hashes.
 
-The public Python API is :func:`open_archive` (:mod:`blockframe.api`), with the lower-level
+The public Python API is :func:`open_archive` (:mod:`blockframe.access.api`), with the lower-level
 :class:`blockframe.archive.Archive` underneath; the command line is ``blockframe``
 (:mod:`blockframe.cli`).
 """
@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
 
-    from blockframe.api import BlockFrameArchive
+    from blockframe.access.api import BlockFrameArchive
     from blockframe.config import StorageConfig
 
 # Kept equal to pyproject.toml's version by tests/test_cli_misc.py. A literal rather than
@@ -32,9 +32,9 @@ def open_archive(
     """Open a local archive directory, or a remote one at the ``http(s)://`` URL of
     ``blockframe serve`` (``token``: its bearer token, default ``$BLOCKFRAME_TOKEN``).
 
-    See :mod:`blockframe.api`. The module is imported here, on first use, so that
+    See :mod:`blockframe.access.api`. The module is imported here, on first use, so that
     ``import blockframe`` (and the CLI's start-up) stays fast.
     """
-    from blockframe.api import open_archive as _open
+    from blockframe.access.api import open_archive as _open
 
     return _open(location, token, storage=storage)

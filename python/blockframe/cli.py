@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from blockframe import __version__
-from blockframe.archive import Archive, RestoreReport, atomic_output
-from blockframe.config import Config, format_size, load_config
+from blockframe.archive import Archive, RestoreReport, open_location
+from blockframe.archive.restore import atomic_output
+from blockframe.config import Config, format_size, load_config, token_from
 from blockframe.errors import BlockFrameError, OutputError, UsageError
 
 log = logging.getLogger("blockframe")
@@ -128,20 +129,6 @@ def _archive(cfg: Config, args: argparse.Namespace) -> Archive:
     return open_location(args.archive, cfg)
 
 
-def open_location(location: str | None, cfg: Config) -> Archive:
-    """The archive at ``location`` or, when None, the configured one."""
-    from blockframe.config import is_url
-
-    if location and not is_url(location):
-        return Archive(Path(location), cfg.storage)
-    volumes = (location,) if location else cfg.archive_volumes
-    if not volumes:
-        return Archive(cfg.archive_directory, cfg.storage)
-    from blockframe.volume_archive import open_archive_at
-
-    return open_archive_at(volumes, cfg.storage, cfg.s3)
-
-
 def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
     archive = _archive(cfg, args)
     src = Path(args.file)
@@ -247,14 +234,13 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # Source priority (seed README): --remote, --archive, mount.default_remote,
     # archive.directory.
     remote = args.remote or (None if args.archive else cfg.mount_default_remote or None)
-    from blockframe.mount.view import ArchiveView, Source
+    from blockframe.access.view import ArchiveView, Source
 
     source: Source
     if remote:
-        from blockframe.remote import TOKEN_ENV, RemoteArchive
+        from blockframe.archive.remote import RemoteArchive
 
-        token = os.environ.get(TOKEN_ENV) or cfg.server_token
-        source = RemoteArchive(remote, token=token)
+        source = RemoteArchive(remote, token=token_from(cfg.server_token))
     else:
         source = _archive(cfg, args)
     mountpoint = Path(args.mountpoint) if args.mountpoint else cfg.mount_default_mountpoint
@@ -263,16 +249,16 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # A remote archive is repaired by its server (its mount or `health`), not by us.
     view = ArchiveView(source, cache_bytes=budget, repair=not remote)
     if sys.platform == "win32":
-        from blockframe.mount.winfsp import mount
+        from blockframe.access.winfsp import mount
     else:
-        from blockframe.mount.fuse import mount
+        from blockframe.access.fuse import mount
     mount(view, mountpoint, allow_other=args.allow_other)
     print(f"blockframe: unmounted {mountpoint}", file=sys.stderr)
     return 0
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
-    from blockframe import serve
+    from blockframe.access.http import app as serve
 
     port = cfg.server_default_port if args.port is None else args.port
     if not 0 <= port < 65536:
@@ -280,7 +266,7 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     options = serve.ServerOptions(
         host=args.host or cfg.server_host,
         port=port,
-        token=serve.token_from(cfg.server_token),
+        token=token_from(cfg.server_token),
         cors_origins=cfg.server_cors_origins,
         cache_bytes=min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20),
     )

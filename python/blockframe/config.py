@@ -18,9 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockframe._core import CHUNK_ALIGN
 from blockframe.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# The server's bearer token, for `serve` and for clients of a server; wins over the config.
+TOKEN_ENV = "BLOCKFRAME_TOKEN"
+
+
+def token_from(config_token: str) -> str:
+    """The bearer token: ``$BLOCKFRAME_TOKEN`` when set and non-empty, else the config's."""
+    return os.environ.get(TOKEN_ENV) or config_token
+
 
 _UNITS = {
     "": 1,
@@ -291,7 +301,7 @@ def check_storage(s: StorageConfig, where: str = "storage") -> None:
         raise ConfigError(f"{where}: block_segments + parity_shards must be at most 65536")
     if s.tier1_max > s.tier2_max:
         raise ConfigError(f"{where}.tier1_max must not exceed tier2_max")
-    if s.chunk_size <= 0 or s.chunk_size % 64 or s.chunk_size > 2**20:
+    if s.chunk_size <= 0 or s.chunk_size % CHUNK_ALIGN or s.chunk_size > 2**20:
         raise ConfigError(
-            f"{where}.chunk_size must be a positive multiple of 64 bytes, at most 1MiB"
+            f"{where}.chunk_size must be a positive multiple of {CHUNK_ALIGN} bytes, at most 1MiB"
         )

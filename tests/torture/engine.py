@@ -41,10 +41,9 @@ from typing import Any
 
 import httpx
 
-from blockframe.archive import Archive
+from blockframe.archive import Archive, open_archive_at
 from blockframe.errors import IntegrityError, NotFoundError
-from blockframe.manifest import COMMITTING
-from blockframe.volume_archive import open_archive_at
+from blockframe.format.manifest import COMMITTING
 
 TESTS = Path(__file__).resolve().parent.parent
 if str(TESTS) not in sys.path:

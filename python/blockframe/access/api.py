@@ -29,15 +29,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from blockframe import _core
-from blockframe.archive import Archive, ArchivedObject, Entry
+from blockframe.archive import Archive, ArchivedObject, Entry, open_archive_at
 from blockframe.config import StorageConfig
 from blockframe.errors import IntegrityError, ReadOnlyError, UsageError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from blockframe.archive.remote import RemoteArchive
     from blockframe.health import HealthReport
-    from blockframe.remote import RemoteArchive
 
 __all__ = ["BlockFrameArchive", "FileInfo", "ObjectReader", "open_archive"]
 
@@ -205,12 +205,10 @@ class BlockFrameArchive:
         self._local: Archive | None = None
         self._remote: RemoteArchive | None = None
         if text.startswith(("http://", "https://")):
-            from blockframe.remote import RemoteArchive
+            from blockframe.archive.remote import RemoteArchive
 
             self._remote = RemoteArchive(text, token=token)
         elif text.startswith("s3://"):
-            from blockframe.volume_archive import open_archive_at
-
             self._local = open_archive_at([text], storage)
         else:
             self._local = Archive(text, storage)

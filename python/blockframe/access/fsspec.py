@@ -24,7 +24,7 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from blockframe.api import BlockFrameArchive, FileInfo
+from blockframe.access.api import BlockFrameArchive, FileInfo
 from blockframe.errors import NotFoundError, UsageError
 
 __all__ = ["BlockFrameFileSystem"]

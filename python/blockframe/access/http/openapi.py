@@ -12,14 +12,9 @@ from typing import Any
 
 from blockframe import __version__
 from blockframe.errors import ArchiveError
+from blockframe.format.names import NAME_PATTERN
 
 OCTET = "application/octet-stream"
-
-# What check_name accepts, as an OpenAPI (ECMA-262 and Python) pattern: segments of
-# characters other than "/", "\\" and controls, none of them "." or "..".
-_CHAR = r"[^/\\\x00-\x1f\x7f]"
-_SEGMENT = rf"(?:[^./\\\x00-\x1f\x7f]{_CHAR}*|\.[^./\\\x00-\x1f\x7f]{_CHAR}*|\.\.{_CHAR}+)"
-NAME_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
 
 
 def swagger_ui_dir() -> str:

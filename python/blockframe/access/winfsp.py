@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
+from blockframe.access.view import ArchiveView, Stat
 from blockframe.errors import (
     BlockFrameError,
     IntegrityError,
@@ -37,7 +38,7 @@ from blockframe.errors import (
     ReadOnlyError,
     UsageError,
 )
-from blockframe.mount.view import ArchiveView, Stat, normalize_path
+from blockframe.format.names import normalize_path
 
 log = logging.getLogger(__name__)
 

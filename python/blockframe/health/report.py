@@ -21,7 +21,7 @@ Status = Literal["healthy", "repaired", "damaged", "unusable"]
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) every ``health --json`` report validates against."""
-    text = resources.files("blockframe").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    text = resources.files("blockframe.health").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -21,45 +21,44 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from blockframe import _core, layout
-from blockframe.archive import (
-    STAGING,
-    Archive,
-    Entry,
+from blockframe import _core
+from blockframe.archive.commit import (
     Progress,
-    _manifest,
-    accept,
+    build_manifest,
     commit_errors,
-    dirname_for,
-    discard_dir,
     hash_file,
     removing,
 )
-from blockframe.config import S3Config, StorageConfig, check_storage
+from blockframe.archive.directory import STAGING, discard_dir
+from blockframe.archive.entry import Entry, accept
+from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, ConflictError, SourceError
-from blockframe.manifest import COMMITTING, MANIFEST, REPLICA, fsync_dir
-from blockframe.volumes import VolumeSet, adapted_storage, open_volumes, place
+from blockframe.format import layout
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA
+from blockframe.format.names import dirname_for
+from blockframe.storage.local import fsync_dir, write_new
+from blockframe.storage.volumes import VolumeSet, adapted_storage, place
 
 log = logging.getLogger(__name__)
 
 UPLOADS = 8  # shard files uploaded to a bucket at once
 
 
-class VolumeArchive(Archive):
-    """The objects of ``volumes``; same interface as :class:`Archive`."""
+class VolumeBackend:
+    """The objects of an archive spread over ``volumes``."""
 
-    def __init__(self, volumes: VolumeSet, storage: StorageConfig | None = None) -> None:
+    def __init__(self, volumes: VolumeSet) -> None:
         self.volumes = volumes
-        self.storage = storage or StorageConfig()
-        check_storage(self.storage)
         first_local = next(
             (p for _, v in volumes.present_volumes() if (p := v.local_path()) is not None), None
         )
-        # Where per-archive local state lives (health freshness); display uses `location`.
+        # Where objects are named in messages and local state may live; display uses
+        # `location`.
         self.root = first_local or Path(volumes.location)
 
     @property
     def location(self) -> str:
+        """How the archive is named in messages: every volume."""
         return self.volumes.location
 
     @property
@@ -75,12 +74,14 @@ class VolumeArchive(Archive):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _require(self) -> None:
+    def check(self) -> None:
+        """Raise ArchiveError unless some volume is present."""
         if not self.volumes.present:
             raise ArchiveError(self.volumes.none_present())
 
-    def _names(self) -> list[str]:
-        self._require()
+    def names(self) -> list[str]:
+        """Sorted top-level names on any present volume."""
+        self.check()
         names: set[str] = set()
         for _, vol in self.volumes.present_volumes():
             try:
@@ -89,7 +90,8 @@ class VolumeArchive(Archive):
                 log.warning("%s: cannot list volume: %s", vol.location, e)
         return sorted(names)
 
-    def _load(self, dirname: str) -> Entry | None:
+    def load(self, dirname: str) -> Entry | None:
+        """The entry of object directory ``dirname``, from the first good manifest copy."""
         loaded = self.volumes.load_manifest(dirname)
         m = loaded.manifest
         accept(dirname, m, loaded.problems, loaded.repaired)
@@ -98,12 +100,13 @@ class VolumeArchive(Archive):
     def _path(self, dirname: str) -> Path:
         return self.root / dirname
 
-    def _exists(self) -> bool:
+    def exists(self) -> bool:
         return bool(self.volumes.present)
 
     # -- commit ---------------------------------------------------------------------------
 
-    def _prepare_root(self) -> None:
+    def prepare(self) -> None:
+        """Create (a new archive) and label the volumes, and their staging directories."""
         vs = self.volumes
         if not vs.labelled:
             # A new archive: its volumes are created. Once labelled, an absent volume is a
@@ -139,10 +142,13 @@ class VolumeArchive(Archive):
             )
         vs.label_all()
 
-    def _write_object(self, src: Path, size: int, name: str, progress: Progress | None) -> Entry:
+    def write_object(
+        self, src: Path, size: int, name: str, storage: StorageConfig, progress: Progress | None
+    ) -> Entry:
+        """Commit ``src`` as a new object called ``name`` (see the module's commit order)."""
         vs = self.volumes
         present = sorted(vs.present)
-        storage = adapted_storage(self.storage, len(present))
+        storage = adapted_storage(storage, len(present))
         tier, stripes = layout.plan(size, storage)
         placement = [
             place(si, len(st.data) + len(st.parity), present) for si, st in enumerate(stripes)
@@ -184,7 +190,9 @@ class VolumeArchive(Archive):
                     _both(progress, uploader.progress if uploader else None),
                     [[root_of[v] for v in pl] for pl in placement],
                 )
-                manifest = _manifest(name, size, tier, storage, stripes, content, hashes, placement)
+                manifest = build_manifest(
+                    name, size, tier, storage, stripes, content, hashes, placement
+                )
                 if uploader is not None:
                     if content.hex() != expected:
                         raise SourceError(f"{src}: the file changed while it was committed")
@@ -226,12 +234,11 @@ class VolumeArchive(Archive):
         for i, stage in stages.items():
             local = self.volumes.slots[i].local_path()
             if local is not None:
-                with open(stage / COMMITTING, "xb") as f:
-                    os.fsync(f.fileno())
+                write_new(stage / COMMITTING, b"")
                 os.rename(stage, local / dirname)
                 fsync_dir(local)
 
-    def _discard(self, entry: Entry) -> None:
+    def discard(self, entry: Entry) -> None:
         """Remove an object from every volume: marked first, manifests next (it is then
         invisible), shards last; an interruption leaves a marked directory for health."""
         dirname = entry.dirname
@@ -318,12 +325,3 @@ def _both(
         b(done)
 
     return call
-
-
-def open_archive_at(
-    locations: list[str] | tuple[str, ...],
-    storage: StorageConfig | None = None,
-    s3: S3Config | None = None,
-) -> VolumeArchive:
-    """A volume archive over ``locations`` (directories and ``s3://`` URLs)."""
-    return VolumeArchive(open_volumes(locations, s3), storage)

@@ -21,6 +21,7 @@ from typing import Protocol
 from blockframe import _core
 from blockframe.archive import ArchivedObject, Entry, Index
 from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError
+from blockframe.format.names import normalize_path
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ class Stat:
     @property
     def mode(self) -> int:
         return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
-
-
-def normalize_path(path: str) -> str:
-    """``/a/b`` for any spelling of it (``a/b``, ``/a//b/``, ``\\a\\b``, ``./a/b``)."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-    return "/" + "/".join(parts)
 
 
 def _mtime_ns(entry: Entry) -> int:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from blockframe import _core
@@ -29,6 +27,15 @@ REPLICA = "manifest.replica.json"
 # invisible (no manifest yet) and `health` may remove it once the commit is clearly dead.
 COMMITTING = ".committing"
 HASH_LEN = 32
+# Every shard of a stripe is padded (in memory) to one length that is a multiple of this
+# before encoding, and parity is stored at that length (FORMAT.md, "Padding").
+ALIGN: int = _core.CHUNK_ALIGN
+
+
+def padded_size(lengths: Iterable[int]) -> int:
+    """The common length the shards of a stripe are padded to: the longest, rounded up to
+    a multiple of :data:`ALIGN`."""
+    return -(-max(lengths) // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Stripe:
 
     @property
     def padded_size(self) -> int:
-        return -(-max(s.size for s in self.data) // 64) * 64
+        return padded_size(s.size for s in self.data)
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,7 @@ def parse(raw: bytes, where: str) -> Manifest:
     if _get(body, "checksum", str, where) != checksum(body):
         raise ManifestError(f"{where}: checksum mismatch (the manifest is damaged)")
     chunk_size = _get(body, "chunk_size", int, where)
-    if chunk_size <= 0 or chunk_size % 64 or chunk_size > 2**20:
+    if chunk_size <= 0 or chunk_size % ALIGN or chunk_size > 2**20:
         raise ManifestError(f"{where}: invalid chunk_size {chunk_size}")
     stripes_raw = _get(body, "stripes", list, where)
     if not stripes_raw:
@@ -282,28 +289,6 @@ def _check_geometry(m: Manifest, where: str) -> None:
         raise ManifestError(f"{where}: a segment is larger than segment_size")
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class Loaded:
     """A manifest read from an object directory, and what had to be done to read it."""
@@ -311,23 +296,6 @@ class Loaded:
     manifest: Manifest
     repaired: tuple[str, ...]  # copies rewritten from the good one, e.g. ("manifest.json",)
     problems: tuple[str, ...]  # why a copy was bad
-
-
-def load(obj_dir: Path, repair: bool = True) -> Loaded:
-    """Read the manifest of ``obj_dir``, falling back to the replica when the primary is
-    missing or damaged. With ``repair`` a bad or missing copy is rewritten from the good
-    one (atomically); if the archive is read-only the repair is skipped, not fatal."""
-
-    def read(name: str) -> bytes | None:
-        try:
-            return (obj_dir / name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def write(name: str, data: bytes) -> None:
-        write_file(obj_dir / name, data)
-
-    return load_from(read, write if repair else None, obj_dir.name)
 
 
 def load_from(

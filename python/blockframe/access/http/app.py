@@ -67,6 +67,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from blockframe.access.http.openapi import DOCS_PAGE, OCTET, openapi, swagger_ui_dir
+from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive, Entry, Index
 from blockframe.errors import (
     ArchiveError,
@@ -75,20 +77,17 @@ from blockframe.errors import (
     NotFoundError,
     UsageError,
 )
-from blockframe.mount.view import ArchiveView
-from blockframe.openapi import DOCS_PAGE, NAME_PATTERN, OCTET, openapi, swagger_ui_dir
-from blockframe.store import Volume
+from blockframe.format.names import InvalidName, check_name, is_servable
+from blockframe.storage import Volume
 
 log = logging.getLogger(__name__)
 
 PIECE = 1 << 20  # bytes read, verified and sent at a time
 BUCKET_PIECE = 8 << 20  # shard bytes fetched from a bucket per request
 RESCAN_INTERVAL = 1.0  # seconds: how often a listing or an unknown name may rescan the archive
-TOKEN_ENV = "BLOCKFRAME_TOKEN"
 PUBLIC_PATHS = ("/", "/docs", "/openapi.json")  # and everything under /docs/ and /ui/
 PUBLIC_PREFIXES = ("/docs/", "/ui/")
 WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML, CSS and JS; no CDN)
-_NAME = re.compile(NAME_PATTERN)
 _SHARD_ROUTE = re.compile(r"(.+)/shards/(\d{1,9})/(\d{1,9})")
 
 
@@ -101,11 +100,6 @@ class ServerOptions:
     token: str = ""
     cors_origins: tuple[str, ...] = ()
     cache_bytes: int = 256 << 20
-
-
-def token_from(config_token: str) -> str:
-    """The bearer token: ``$BLOCKFRAME_TOKEN`` when set and non-empty, else the config's."""
-    return os.environ.get(TOKEN_ENV) or config_token
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -214,17 +208,6 @@ def _mtime_ns(entry: Entry) -> int:
     return int(datetime.fromisoformat(entry.manifest.created).timestamp() * 1_000_000_000)
 
 
-class InvalidName(UsageError):
-    """A name no object can have (traversal attempts among them): a 400."""
-
-
-def check_name(name: str) -> str:
-    """``name`` if an object could have it, else InvalidName."""
-    if _NAME.fullmatch(name) is None:
-        raise InvalidName("invalid object name")
-    return name
-
-
 class ArchiveChanged(ArchiveError):
     """An object was replaced between looking it up and opening it (a 503: retry)."""
 
@@ -272,7 +255,7 @@ class Catalog:
         visible: dict[str, Entry] = {}
         layout = _layout(index)
         for name, entry in index.entries.items():
-            if _NAME.fullmatch(name) is None:
+            if not is_servable(name):
                 continue  # a backslash: the view reads it as "/", so no path reaches it
             try:
                 hidden = self.view.stat("/" + name).is_dir  # "a" when "a/b" exists
@@ -340,14 +323,14 @@ class Catalog:
     def scrub_results(self) -> dict[str, dict[str, Any]]:
         """The latest `blockframe health` outcome per object directory: {at, status,
         margin}."""
-        from blockframe.health import State
+        from blockframe.health.state import State
 
         objects, _ = State(self.archive.state_root).load()
         return {d: f.last.to_dict() for d, f in objects.items() if f.last is not None}
 
     def last_scrub(self) -> str | None:
         """When ``blockframe health`` last verified an object of this archive, if ever."""
-        from blockframe.health import State
+        from blockframe.health.state import State
 
         objects, _ = State(self.archive.state_root).load()
         times = [t for f in objects.values() for t in (f.verified, f.damaged) if t is not None]

@@ -13,7 +13,7 @@ verified (and whether damage remained), so ``older_than`` scrubs only what is st
 ``max_time`` stops after a budget, stalest first, resuming a large object at the stripe
 where the previous run stopped. Time comes from an injectable clock.
 
-The report (:mod:`blockframe.health_report`, JSON schema in ``health-report.schema.json``,
+The report (:mod:`blockframe.health.report`, JSON schema in ``health-report.schema.json``,
 described in README.md) names per object what was repaired, which byte ranges of the file
 are lost and how many more shards would be needed, and a margin: how many more shards per
 stripe may fail before data is lost.
@@ -23,33 +23,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
 import shutil
 import stat
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from blockframe import _core
-from blockframe.archive import (
-    STAGING,
-    TRASH,
-    Archive,
-    Entry,
-    check_dirname,
-    core_object,
-)
+from blockframe.archive import Archive, Entry
+from blockframe.archive.directory import STAGING, TRASH, load_dir
+from blockframe.archive.entry import check_dirname
+from blockframe.archive.reader import core_object
 from blockframe.errors import ArchiveError, ManifestError, UsageError
-from blockframe.health_report import (
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest, Shard, Stripe
+from blockframe.health.report import (
     HealthReport,
     Leftover,
     LostRange,
@@ -57,41 +51,17 @@ from blockframe.health_report import (
     ShardReport,
     Skipped,
     Stray,
-    iso,
     print_report,
     report_schema,
 )
-from blockframe.manifest import (
-    COMMITTING,
-    MANIFEST,
-    REPLICA,
-    Manifest,
-    Shard,
-    Stripe,
-    load,
-    write_file,
-)
-from blockframe.store import Volume
-from blockframe.volumes import IncompleteError, VolumeSet, can_lose
+from blockframe.health.state import STATE_DIR, STATE_FILE, Freshness, LastScrub, State
+from blockframe.storage import Volume
+from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose
 
-__all__ = [
-    "Health",
-    "HealthReport",
-    "Options",
-    "Plan",
-    "State",
-    "parse_duration",
-    "print_report",
-    "report_schema",
-    "scrub",
-]
+__all__ = ["Health", "Options", "Plan", "parse_duration", "print_report", "report_schema", "scrub"]
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".blockframe"
-STATE_FILE = "state.json"
-STATE_FORMAT = "blockframe-health-state"
-STATE_VERSION = 1
 WORKERS = 2
 # A staging directory or temporary file touched within this time may belong to a commit or
 # repair that is still running; it is reported, not removed.
@@ -102,7 +72,7 @@ Progress = Callable[[int], None]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 # Temporary files of an interrupted repair: the core's (".<shard>.repair-<pid>-<n>") and
-# those of a volume's atomic writes (".<file>.tmp-<12 hex>", store.py).
+# those of a volume's atomic writes (".<file>.tmp-<12 hex>", storage/local.py).
 _REPAIR_TEMP = re.compile(r"\.(.+)\.(?:repair-\d+-\d+|tmp-[0-9a-f]{12})")
 _MANIFEST_TEMP = re.compile(
     r"\.(?:manifest\.json|manifest\.replica\.json)\.tmp-(?:\d+|[0-9a-f]{12})"
@@ -131,159 +101,6 @@ def parse_duration(text: str, what: str = "duration") -> float:
             f"{what}: cannot read duration {text!r} (use e.g. 7d, 12h, 30m, 45s or 1h30m)"
         )
     return total
-
-
-def _from_iso(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
-# -- freshness state -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LastScrub:
-    """How the latest scrub of an object ended: when, its status and its margin."""
-
-    at: float
-    status: str  # healthy / repaired / damaged / unusable
-    margin: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"at": iso(self.at), "status": self.status, "margin": self.margin}
-
-    @classmethod
-    def from_dict(cls, d: object) -> LastScrub | None:
-        if not isinstance(d, dict):
-            return None
-        at, status, margin = _from_iso(d.get("at")), d.get("status"), d.get("margin")
-        if at is None or status not in ("healthy", "repaired", "damaged", "unusable"):
-            return None
-        if not (margin is None or (isinstance(margin, int) and not isinstance(margin, bool))):
-            return None
-        return cls(at, str(status), margin)
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """What the state file remembers about one object directory."""
-
-    verified: float | None = None  # last time every stripe verified healthy (or repaired)
-    damaged: float | None = None  # last scrub left damage (the object is re-checked first)
-    resume_stripe: int | None = None  # a time-limited run stopped before this stripe ...
-    resume_since: float | None = None  # ... of a pass that began at this time
-    last: LastScrub | None = None  # the outcome of the latest scrub, for people and the web page
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"verified": iso(self.verified)}
-        if self.damaged is not None:
-            out["damaged"] = iso(self.damaged)
-        if self.resume_stripe is not None:
-            out["resume"] = {"stripe": self.resume_stripe, "since": iso(self.resume_since)}
-        if self.last is not None:
-            out["last"] = self.last.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, d: object) -> Freshness:
-        if not isinstance(d, dict):
-            return cls()
-        resume = d.get("resume")
-        stripe, since = None, None
-        if isinstance(resume, dict):
-            raw = resume.get("stripe")
-            since = _from_iso(resume.get("since"))
-            if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 and since:
-                stripe = raw
-            else:
-                since = None
-        return cls(
-            _from_iso(d.get("verified")),
-            _from_iso(d.get("damaged")),
-            stripe,
-            since,
-            LastScrub.from_dict(d.get("last")),
-        )
-
-
-class State:
-    """``<archive>/.blockframe/state.json``: per object directory, when it was last fully
-    verified. Written atomically (synced temporary file, rename), merged under a lock so
-    two concurrent runs do not drop each other's entries."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dir = root / STATE_DIR
-        self.path = self.dir / STATE_FILE
-
-    def load(self) -> tuple[dict[str, Freshness], str | None]:
-        """The entries, and a problem if the file exists but cannot be used (then every
-        object counts as never verified; the file is rewritten on the next save)."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}, None
-        except OSError as e:
-            return {}, f"{STATE_DIR}/{STATE_FILE}: unreadable ({e.strerror})"
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            doc = None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != STATE_FORMAT
-            or doc.get("version") != STATE_VERSION
-            or not isinstance(doc.get("objects"), dict)
-        ):
-            return {}, f"{STATE_DIR}/{STATE_FILE}: not a usable state file (ignored)"
-        objects: dict[str, Any] = doc["objects"]
-        return {k: Freshness.from_dict(v) for k, v in objects.items()}, None
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if sys.platform == "win32":
-            yield
-            return
-        import fcntl
-
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def save(self, updates: dict[str, Freshness], present: set[str]) -> None:
-        """Merge ``updates`` into the file; entries of object directories that no longer
-        exist are dropped."""
-        self.dir.mkdir(exist_ok=True)
-        with self._locked():
-            entries, _ = self.load()
-            for k, new in updates.items():
-                old = entries.get(k)
-                newer_on_disk = (
-                    old is not None
-                    and old.damaged is None
-                    and new.damaged is None
-                    and (old.verified or 0.0) > (new.verified or 0.0)
-                )
-                if not newer_on_disk:  # a concurrent run verified it since: keep that
-                    entries[k] = new
-            keep = {
-                k: v
-                for k, v in entries.items()
-                if k in present or (not k.startswith(".") and (self.root / k).is_dir())
-            }
-            doc = {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
-                "objects": {k: keep[k].to_dict() for k in sorted(keep)},
-            }
-            write_file(self.path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
 # -- planning --------------------------------------------------------------------------
@@ -378,7 +195,7 @@ class Health:
         self.archive = root if isinstance(root, Archive) else Archive(Path(root))
         self.root = self.archive.root
         # The volumes of a volume archive; None for a one-directory archive.
-        self.vs: VolumeSet | None = getattr(self.archive, "volumes", None)
+        self.vs: VolumeSet | None = self.archive.volumes
         self.options = options or Options()
         self.clock = clock
         if self.options.workers < 1:
@@ -402,7 +219,7 @@ class Health:
                 what = "is not a directory" if root.exists() else "does not exist"
                 raise UsageError(f"{root}: archive directory {what}")
             try:
-                from blockframe.volumes import check_not_member
+                from blockframe.storage.volumes import check_not_member
 
                 check_not_member(root)
             except ArchiveError as e:
@@ -542,7 +359,7 @@ class Health:
     def _peek(self, d: str) -> Manifest:
         """The manifest of object directory ``d``, changing nothing."""
         if self.vs is None:
-            return load(self.root / d, repair=False).manifest
+            return load_dir(self.root / d, repair=False).manifest
         return self.vs.load_manifest(d, "none").manifest
 
     # -- run -----------------------------------------------------------------------------
@@ -713,7 +530,7 @@ class Health:
     ) -> tuple[Manifest, _core.Object]:
         """Manifest (copies checked and restored) and core reader of a directory object."""
         path = self.root / d
-        loaded = load(path, repair=not self.options.dry_run)
+        loaded = load_dir(path, repair=not self.options.dry_run)
         m = loaded.manifest
         check_dirname(d, m)
         core = core_object(Entry(m.name, path, m))

@@ -20,6 +20,7 @@ from ctypes.util import find_library
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from blockframe.access.view import BLKSIZE, ArchiveView
 from blockframe.errors import (
     BlockFrameError,
     IntegrityError,
@@ -29,7 +30,6 @@ from blockframe.errors import (
     ReadOnlyError,
     UsageError,
 )
-from blockframe.mount.view import BLKSIZE, ArchiveView
 
 # mfusepy loads libfuse when imported and takes libfuse2 if both are present; choose first.
 if not (

@@ -25,11 +25,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from blockframe.config import S3Config, StorageConfig
 from blockframe.errors import ArchiveError, ManifestError, UsageError
-from blockframe.manifest import (
+from blockframe.format.manifest import (
     COMMITTING,
     MANIFEST,
     REPLICA,
@@ -37,10 +36,8 @@ from blockframe.manifest import (
     Manifest,
     load_from,
 )
-from blockframe.store import Volume, open_volume
-
-if TYPE_CHECKING:
-    from blockframe.remote import FetchAhead
+from blockframe.storage import Volume, open_volume
+from blockframe.storage.readahead import FetchAhead
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +282,6 @@ class VolumeSet:
         """One fetch-ahead pool for the bucket volumes of this archive."""
         with _LOCK:
             if self._ahead is None:
-                from blockframe.remote import FetchAhead
 
                 def get(stream: tuple[str, int, int], start: int, length: int) -> bytes | None:
                     rel, volume, _ = stream

@@ -1,27 +1,13 @@
-"""Storage backends of an archive volume: a local directory or an S3 bucket (or prefix).
-
-A volume is a root holding object directories (``<name>_<id>/manifest.json``,
-``<name>_<id>/blocks/block_0/segments/segment_3.dat``, ...) and hidden housekeeping entries
-(names starting with ``.``). Every path given to a volume is *relative*: posix separators,
-no leading ``/``, no ``.``/``..``/empty components; anything else is a ``ValueError``, so a
-path can never reach outside the root.
-
-Failures are ``OSError`` (or a subclass: ``ConnectionError``, ``TimeoutError``,
-``PermissionError``, ``FileNotFoundError``) with a one-line message naming the file, so
-callers handle a local disk and a remote bucket alike. A missing file is not an error:
-``read``, ``get_range`` and ``size`` answer ``None``, ``listdir`` and ``files`` ``[]``.
-"""
+"""S3-compatible object storage: a volume that is a bucket, or a prefix in one (boto3:
+ranged GETs, atomic puts, multipart uploads, paginated listing, batched deletes, errors
+turned into one-line ``OSError``s)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import threading
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +16,8 @@ import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+
+from blockframe.storage.base import Volume, check_range, check_rel
 
 log = logging.getLogger(__name__)
 
@@ -44,311 +32,6 @@ DEFAULT_REGION = "us-east-1"
 # S3 bucket names: 3-63 characters. Upper case and "_" are tolerated because buckets created
 # before 2018 in us-east-1 may hold them; the server has the last word.
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def check_rel(rel: str, *, allow_root: bool = False) -> str:
-    """``rel`` if it is a valid volume path, else ``ValueError``.
-
-    ``allow_root``: the empty path (the volume root) is accepted, for directory arguments.
-    """
-    if not isinstance(rel, str):
-        raise ValueError(f"volume path must be a string, not {type(rel).__name__}")
-    if rel == "":
-        if allow_root:
-            return rel
-        raise ValueError("empty volume path")
-    if rel.startswith("/"):
-        raise ValueError(f"volume path must be relative: {rel!r}")
-    if "\x00" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
-        raise ValueError(f"invalid volume path: {rel!r}")
-    # On Windows a backslash or a drive letter would be a second way out of the root.
-    if os.name == "nt" and ("\\" in rel or ":" in rel):
-        raise ValueError(f"invalid volume path: {rel!r}")
-    return rel
-
-
-def _check_range(start: int, length: int) -> None:
-    if start < 0 or length < 0:
-        raise ValueError(f"invalid range: start {start}, length {length}")
-
-
-class Volume(ABC):
-    """The root of one archive volume, local or remote. Instances are thread-safe."""
-
-    location: str  # as the user wrote it: "/disk1/bf" or "s3://bucket/prefix"
-    is_local: bool
-
-    def present(self) -> bool:
-        """Whether the root exists and answers now (local: is a directory; S3: the bucket
-        exists and can be reached with these credentials)."""
-        return self.why_absent() is None
-
-    @abstractmethod
-    def why_absent(self) -> str | None:
-        """``None`` if the volume is present, else a one-line reason (for messages)."""
-
-    @abstractmethod
-    def where(self, rel: str = "") -> str:
-        """How to name ``rel`` to a user: a local path or an ``s3://`` URL."""
-
-    @abstractmethod
-    def listdir(self, rel: str = "") -> list[str]:
-        """Sorted names directly under directory ``rel`` (files and directories);
-        ``[]`` if it does not exist."""
-
-    @abstractmethod
-    def read(self, rel: str) -> bytes | None:
-        """The whole file; ``None`` if it does not exist."""
-
-    @abstractmethod
-    def write(self, rel: str, data: bytes) -> None:
-        """Store ``data`` at ``rel``, atomically (readers see the old or the new content,
-        never a part) and durably, creating parent directories as needed."""
-
-    @abstractmethod
-    def get_range(self, rel: str, start: int, length: int) -> bytes | None:
-        """Bytes ``[start, start + length)`` of the file: shorter at the end of the file,
-        ``b""`` at or after its end, ``None`` if the file does not exist."""
-
-    @abstractmethod
-    def size(self, rel: str) -> int | None:
-        """The size of the file in bytes; ``None`` if it does not exist."""
-
-    @abstractmethod
-    def files(self, rel: str) -> list[tuple[str, int]]:
-        """Every file under directory ``rel``, recursively, as (path relative to ``rel``,
-        size), sorted by path; ``[]`` if the directory does not exist."""
-
-    @abstractmethod
-    def newest(self, rel: str) -> float | None:
-        """The latest modification time (seconds since the epoch) of anything under
-        directory ``rel``; ``None`` if it does not exist. Tells whether an operation may
-        still be writing there."""
-
-    @abstractmethod
-    def remove(self, rel: str) -> None:
-        """Delete one file; a missing file is fine."""
-
-    @abstractmethod
-    def remove_tree(self, rel: str) -> None:
-        """Delete directory ``rel`` and everything under it; a missing one is fine.
-        The volume root itself cannot be removed this way (``ValueError``)."""
-
-    @abstractmethod
-    def upload(self, rel: str, local_file: Path) -> None:
-        """Store the content of ``local_file`` at ``rel``, atomically and durably."""
-
-    @abstractmethod
-    def local_path(self, rel: str = "") -> Path | None:
-        """The absolute local path of ``rel`` for a local volume, ``None`` for a remote one."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.location!r})"
-
-
-# --- local directories ---------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    # Windows cannot open a directory for fsync (and NTFS journals the rename itself).
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class LocalVolume(Volume):
-    """A volume that is a directory of a local filesystem."""
-
-    is_local = True
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.root = Path(path).absolute()
-        self.location = str(self.root)
-
-    def _path(self, rel: str, *, allow_root: bool = False) -> Path:
-        check_rel(rel, allow_root=allow_root)
-        return self.root / rel if rel else self.root
-
-    def why_absent(self) -> str | None:
-        """``None`` if the root is a directory, else why not."""
-        try:
-            if self.root.is_dir():
-                return None
-            if self.root.exists():
-                return f"{self.root}: not a directory"
-        except OSError as e:
-            return f"{self.root}: {e.strerror}"
-        return f"{self.root}: no such directory"
-
-    def where(self, rel: str = "") -> str:
-        """The local path of ``rel``."""
-        return str(self._path(rel, allow_root=True))
-
-    def listdir(self, rel: str = "") -> list[str]:
-        """Sorted names directly under ``rel``; ``[]`` if it is missing or not a directory."""
-        try:
-            return sorted(os.listdir(self._path(rel, allow_root=True)))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def read(self, rel: str) -> bytes | None:
-        """The whole file; ``None`` if missing."""
-        try:
-            return self._path(rel).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def _makedirs(self, directory: Path) -> None:
-        # Created directories are fsynced into their parents: a file made durable inside a
-        # directory whose own entry is not would still vanish in a crash.
-        missing: list[Path] = []
-        d = directory
-        while not d.is_dir():
-            missing.append(d)
-            if d.parent == d:
-                break
-            d = d.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                if not d.is_dir():
-                    raise
-            _fsync_dir(d.parent)
-
-    def _atomic(self, rel: str, fill: Callable[[Path], None]) -> None:
-        path = self._path(rel)
-        self._makedirs(path.parent)
-        # The temporary name is hidden (housekeeping) and unique, so concurrent writers of
-        # the same file cannot clobber each other's half-written copy.
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            fill(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Temporary file in the same directory, fsync, rename, fsync the directory."""
-
-        def fill(tmp: Path) -> None:
-            with open(tmp, "xb") as f:
-                f.write(data)
-
-        self._atomic(rel, fill)
-
-    def get_range(self, rel: str, start: int, length: int) -> bytes | None:
-        """Bytes ``[start, start + length)``; ``b""`` past the end; ``None`` if missing."""
-        _check_range(start, length)
-        try:
-            f = open(self._path(rel), "rb")  # noqa: SIM115 - closed below, after the reads
-        except FileNotFoundError:
-            return None
-        with f:
-            f.seek(start)
-            parts = []
-            left = length
-            # A regular file returns everything asked for but at its end; loop anyway so a
-            # short read (network filesystems) is not mistaken for the end of the file.
-            while left > 0:
-                part = f.read(left)
-                if not part:
-                    break
-                parts.append(part)
-                left -= len(part)
-            return b"".join(parts)
-
-    def size(self, rel: str) -> int | None:
-        """The file's size; ``None`` if missing."""
-        try:
-            return self._path(rel).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def files(self, rel: str) -> list[tuple[str, int]]:
-        """Every file under ``rel`` with its size, sorted; ``[]`` if ``rel`` is missing."""
-        top = self._path(rel, allow_root=True)
-        if not top.is_dir():
-            return []
-
-        def fail(e: OSError) -> None:
-            # A directory removed while we walk is simply not there; anything else is real.
-            if not isinstance(e, FileNotFoundError):
-                raise e
-
-        out: list[tuple[str, int]] = []
-        for dirpath, _dirs, names in os.walk(top, onerror=fail):
-            base = Path(dirpath)
-            for name in names:
-                p = base / name
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue
-                out.append((p.relative_to(top).as_posix(), st.st_size))
-        return sorted(out)
-
-    def newest(self, rel: str) -> float | None:
-        """Newest mtime of ``rel`` and everything under it (it included)."""
-        top = self._path(rel, allow_root=True)
-        try:
-            newest = top.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        for dirpath, dirs, names in os.walk(top):
-            for name in dirs + names:
-                try:
-                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
-                except FileNotFoundError:
-                    continue
-        return newest
-
-    def remove(self, rel: str) -> None:
-        """Unlink the file (missing is fine)."""
-        path = self._path(rel)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return
-        _fsync_dir(path.parent)
-
-    def remove_tree(self, rel: str) -> None:
-        """Delete the directory and everything in it (missing, or not a directory, is
-        fine: the same as a prefix without keys on S3)."""
-        path = self._path(rel)
-        if path.is_symlink() or not path.is_dir():
-            return
-        try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            return
-        _fsync_dir(path.parent)
-
-    def upload(self, rel: str, local_file: Path) -> None:
-        """Copy ``local_file`` to a temporary file, fsync, rename, fsync the directory."""
-
-        def fill(tmp: Path) -> None:
-            # copyfile uses the kernel's copy (sendfile / copy_file_range) where it can.
-            shutil.copyfile(local_file, tmp)
-
-        self._atomic(rel, fill)
-
-    def local_path(self, rel: str = "") -> Path:
-        """The absolute path of ``rel``."""
-        return self._path(rel, allow_root=True)
-
-
-# --- S3 --------------------------------------------------------------------------------------
-
 
 _session_lock = threading.Lock()
 _session: boto3.session.Session | None = None
@@ -619,7 +302,7 @@ class S3Volume(Volume):
 
     def get_range(self, rel: str, start: int, length: int) -> bytes | None:
         """A ranged GET (``Range: bytes=a-b``)."""
-        _check_range(start, length)
+        check_range(start, length)
         key = self._key(rel)
         if length == 0:
             # No Range header can ask for nothing; the answer only depends on existence.
@@ -783,21 +466,3 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         except ValueError:
             raise ValueError(f"invalid prefix {prefix!r} in S3 URL {url!r}") from None
     return bucket, prefix
-
-
-def open_volume(
-    location: str,
-    endpoint: str | None = None,
-    region: str | None = None,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-) -> Volume:
-    """The volume at ``location``: ``s3://bucket[/prefix]`` or a local directory (``~``
-    expanded, made absolute). Other URL schemes are a ``ValueError``."""
-    if location.startswith("s3://"):
-        return S3Volume(location, endpoint, region, access_key, secret_key)
-    if _SCHEME.match(location):
-        raise ValueError(f"unsupported volume URL {location!r} (only s3:// and local paths)")
-    if not location:
-        raise ValueError("empty volume location")
-    return LocalVolume(Path(location).expanduser().absolute())

@@ -1,0 +1,1 @@
+"""``blockframe serve``: the HTTP API, its OpenAPI description and the web page."""

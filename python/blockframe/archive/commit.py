@@ -1,0 +1,120 @@
+"""What every commit does, whatever the archive's backend: check the source, turn core
+errors into errors with meaning, clean up staging, and build the manifest of what the core
+wrote."""
+
+from __future__ import annotations
+
+__all__ = ["Progress", "build_manifest", "check_source", "commit_errors", "hash_file", "removing"]
+
+import contextlib
+import shutil
+import stat
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from blockframe import _core
+from blockframe.archive.entry import Progress
+from blockframe.config import StorageConfig
+from blockframe.errors import ArchiveError, SourceError
+from blockframe.format import layout
+from blockframe.format.manifest import Manifest, Shard, Stripe, padded_size
+
+
+@contextlib.contextmanager
+def commit_errors(src: Path) -> Iterator[None]:
+    """Turn what a commit of ``src`` can raise into errors with meaning for the user."""
+    try:
+        yield
+    except _core.SourceChangedError as e:
+        raise SourceError(str(e)) from None
+    except _core.CoreError as e:
+        raise ArchiveError(f"commit of {src} failed: {e}") from None
+    except OSError as e:
+        raise ArchiveError(f"commit of {src} failed: {e}") from None
+
+
+@contextlib.contextmanager
+def removing(paths: Iterable[Path]) -> Iterator[None]:
+    """Remove ``paths`` (staging directories) when the block ends, however it ends; read
+    at the end, so a live view (``dict.values()``) covers what the block added."""
+    try:
+        yield
+    finally:
+        for path in paths:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def check_source(src: Path) -> int:
+    """Size of a committable file, or a SourceError saying why it is not one."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise SourceError(f"{src}: no such file") from None
+    except OSError as e:
+        raise SourceError(f"{src}: cannot read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{src}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"{src}: not a regular file")
+    if st.st_size == 0:
+        raise SourceError(f"{src}: file is empty (nothing to archive)")
+    try:
+        with open(src, "rb"):
+            pass
+    except OSError as e:
+        raise SourceError(f"{src}: cannot read: {e.strerror}") from None
+    return st.st_size
+
+
+def hash_file(path: Path) -> str:
+    """BLAKE3 hex digest of a file's content."""
+    try:
+        return _core.hash_file(str(path)).hex()
+    except _core.CoreError as e:
+        raise SourceError(str(e)) from None
+
+
+def build_manifest(
+    name: str,
+    size: int,
+    tier: int,
+    storage: StorageConfig,
+    stripes: list[layout.PlannedStripe],
+    content: bytes,
+    hashes: list[list[bytes]],
+    placement: list[list[int]] | None = None,
+) -> Manifest:
+    """The manifest of a just-written object; ``placement`` (per stripe, the volume of
+    each shard) makes it a volume archive's manifest."""
+    built = []
+    for si, (st, shard_hashes) in enumerate(zip(stripes, hashes, strict=True)):
+        k = len(st.data)
+        vol = placement[si] if placement is not None else [0] * (k + len(st.parity))
+        data = tuple(
+            Shard(p, n, h, vol[i])
+            for i, ((p, n), h) in enumerate(zip(st.data, shard_hashes[:k], strict=True))
+        )
+        padded = padded_size(n for _, n in st.data)
+        parity = tuple(
+            Shard(p, padded, h, vol[k + j])
+            for j, (p, h) in enumerate(zip(st.parity, shard_hashes[k:], strict=True))
+        )
+        built.append(Stripe(data, parity))
+    leaves = b"".join(h for shard_hashes in hashes for h in shard_hashes)
+    return Manifest(
+        name=name,
+        id=content.hex()[:16],
+        size=size,
+        content_hash=content.hex(),
+        tier=tier,
+        created=datetime.now(UTC).isoformat(timespec="microseconds"),
+        chunk_size=storage.chunk_size,
+        segment_size=storage.segment_size,
+        block_segments=storage.block_segments,
+        parity_shards=storage.parity_shards,
+        stripes=tuple(built),
+        merkle_root=_core.merkle_root(leaves).hex(),
+        volumes=placement is not None,
+    )

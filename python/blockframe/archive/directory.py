@@ -1,0 +1,155 @@
+"""The backend of an archive that is one directory: every object is a directory
+``<name>_<id>`` holding its manifests and all its shards.
+
+Layout (see FORMAT.md)::
+
+    <archive>/<name>_<id>/manifest.json, manifest.replica.json, shards...
+    <archive>/.staging/<random>/      commits in progress (invisible until renamed)
+    <archive>/.trash/<random>/        replaced objects on their way out
+
+Commit order (DESIGN §5): shards are written and fsynced in a staging directory, the
+manifest and replica are written and fsynced last, the directory is renamed into place and
+the archive directory fsynced. A crash leaves either nothing visible or a complete object.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+
+from blockframe import _core
+from blockframe.archive.commit import Progress, build_manifest, commit_errors, removing
+from blockframe.archive.entry import Entry, accept
+from blockframe.config import StorageConfig
+from blockframe.errors import ArchiveError, ConflictError
+from blockframe.format import layout
+from blockframe.format.manifest import MANIFEST, REPLICA, Loaded, load_from
+from blockframe.format.names import dirname_for
+from blockframe.storage.local import atomic_write, fsync_dir, write_new
+
+STAGING = ".staging"
+TRASH = ".trash"
+
+
+def load_dir(obj_dir: Path, repair: bool = True) -> Loaded:
+    """Read the manifest of ``obj_dir``, falling back to the replica when the primary is
+    missing or damaged. With ``repair`` a bad or missing copy is rewritten from the good
+    one (atomically); if the archive is read-only the repair is skipped, not fatal."""
+
+    def read(name: str) -> bytes | None:
+        try:
+            return (obj_dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(name: str, data: bytes) -> None:
+        atomic_write(obj_dir / name, data)
+
+    return load_from(read, write if repair else None, obj_dir.name)
+
+
+def discard_dir(root: Path, path: Path) -> None:
+    """Remove object directory ``path`` of archive (or volume) ``root``: renamed into
+    ``.trash`` first (one atomic step, durable), then deleted at leisure."""
+    trash = root / TRASH
+    trash.mkdir(exist_ok=True)
+    target = trash / uuid.uuid4().hex
+    os.rename(path, target)
+    fsync_dir(root)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+class DirectoryBackend:
+    """The objects of one archive directory, ``root``."""
+
+    volumes = None  # not spread over volumes
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def location(self) -> str:
+        """How the archive is named in messages."""
+        return str(self.root)
+
+    @property
+    def state_root(self) -> Path:
+        """The directory whose ``.blockframe/`` holds health's freshness state."""
+        return self.root
+
+    def check(self) -> None:
+        """Raise ArchiveError unless the archive can be read."""
+        if not self.root.is_dir():
+            raise ArchiveError(f"{self.root}: archive directory does not exist")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise ArchiveError(f"{self.root}: archive directory is not readable")
+        from blockframe.storage.volumes import check_not_member
+
+        check_not_member(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def names(self) -> list[str]:
+        """Sorted entries of the archive directory (hidden ones included)."""
+        self.check()
+        try:
+            return sorted(os.listdir(self.root))
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
+
+    def load(self, dirname: str) -> Entry | None:
+        """The entry of one top-level name; None when it is not an object directory."""
+        path = self.root / dirname
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+        loaded = load_dir(path)
+        accept(dirname, loaded.manifest, loaded.problems, loaded.repaired)
+        return Entry(loaded.manifest.name, path, loaded.manifest, loaded.repaired)
+
+    def prepare(self) -> None:
+        """Create the archive (and its staging directory) for a commit."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / STAGING).mkdir(exist_ok=True)
+        except OSError as e:
+            raise ArchiveError(f"{self.root}: cannot create archive: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ArchiveError(f"{self.root}: archive directory is not writable")
+
+    def write_object(
+        self, src: Path, size: int, name: str, storage: StorageConfig, progress: Progress | None
+    ) -> Entry:
+        """Commit ``src`` as a new object called ``name`` (see the module's commit order)."""
+        tier, stripes = layout.plan(size, storage)
+        stage = self.root / STAGING / uuid.uuid4().hex
+        stage.mkdir()
+        with commit_errors(src), removing([stage]):
+            content, hashes = _core.commit(
+                str(src),
+                [(str(stage), True)],
+                storage.chunk_size,
+                [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
+                progress,
+            )
+            manifest = build_manifest(name, size, tier, storage, stripes, content, hashes)
+            body = manifest.to_json()
+            for copy in (MANIFEST, REPLICA):
+                write_new(stage / copy, body)
+            fsync_dir(stage)
+            final = self.root / dirname_for(name, manifest.id)
+            if final.exists():
+                raise ConflictError(
+                    f"{final.name} already exists but is not a usable object "
+                    "(run `blockframe health`)"
+                )
+            os.rename(stage, final)
+            fsync_dir(self.root)
+        return Entry(name, final, manifest)
+
+    def discard(self, entry: Entry) -> None:
+        """Remove a replaced object."""
+        discard_dir(self.root, entry.path)

@@ -1,0 +1,181 @@
+"""Verified random access to one object: the core's reader over its shards (files of its
+directory, of its volumes, or ranges fetched from elsewhere), the damaged shards found on
+the way, and their repair."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from blockframe import _core
+from blockframe.archive.entry import Entry, Progress
+from blockframe.errors import IntegrityError, UsageError
+from blockframe.format.manifest import Manifest, Shard
+
+log = logging.getLogger(__name__)
+
+READ_PIECE = 4 * 2**20
+PARITY_WORKERS = 3
+
+Fetch = Callable[[int, int, int, int], bytes | memoryview | None]
+
+
+class ArchivedObject:
+    """Verified random access to one object (every byte returned matches the manifest).
+
+    Shards found bad during reads are remembered in :attr:`damaged`; :meth:`repair` rebuilds
+    them on disk.
+    """
+
+    def __init__(
+        self,
+        entry: Entry,
+        cache: _core.Cache | None = None,
+        fetch: Fetch | None = None,
+    ) -> None:
+        self.entry = entry
+        self._core = core_object(entry, cache, fetch)
+        self.damaged: dict[tuple[int, int], str] = {}
+
+    @property
+    def size(self) -> int:
+        return self.entry.manifest.size
+
+    def shard(self, stripe: int, shard: int) -> Shard:
+        return self.entry.manifest.stripes[stripe].shards[shard]
+
+    def _note(self, bad: list[tuple[int, int, str]]) -> None:
+        for stripe, shard, damage in bad:
+            if (stripe, shard) not in self.damaged:
+                log.warning("%s: %s is %s", self.entry.name, self.shard(stripe, shard).path, damage)
+            self.damaged[(stripe, shard)] = damage
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Verified bytes at ``offset`` (fewer at the end of the file)."""
+        if offset < 0 or size < 0:
+            raise UsageError("offset and size must not be negative")
+        try:
+            data, bad = self._core.read(offset, size)
+        except _core.UnrecoverableError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        except _core.CoreError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        self._note(bad)
+        return data
+
+    def read_into(self, buffer: memoryview, offset: int) -> int:
+        """Fill ``buffer`` with verified bytes from ``offset``; returns how many (fewer at
+        the end of the file). Nothing else may touch ``buffer`` during the call."""
+        if offset < 0:
+            raise UsageError("offset must not be negative")
+        try:
+            n, bad = self._core.read_into(buffer, offset)
+        except _core.CoreError as e:
+            raise IntegrityError(f"{self.entry.name}: {e}") from None
+        if bad:
+            self._note(bad)
+        return n
+
+    def verify_parity(self) -> None:
+        """Verify every parity shard, remembering bad ones in :attr:`damaged`. A few at a
+        time: the core releases the GIL, and remote shards are latency-bound."""
+        todo = [
+            (si, len(st.data) + j)
+            for si, st in enumerate(self.entry.manifest.stripes)
+            for j in range(len(st.parity))
+        ]
+        with ThreadPoolExecutor(PARITY_WORKERS, thread_name_prefix="parity") as pool:
+            checks = list(pool.map(lambda t: self._core.verify_shard(*t)[1], todo))
+        for (si, shard), damage in zip(todo, checks, strict=True):
+            if damage is not None:
+                self._note([(si, shard, damage)])
+
+    def repair(self) -> tuple[list[str], list[str]]:
+        """Rebuild every shard in :attr:`damaged`; returns (repaired, failed) descriptions."""
+        repaired: list[str] = []
+        failed: list[str] = []
+        pending = dict(self.damaged)
+        vs = self.entry.volumes
+        absent: set[int] = set()
+        while pending:
+            (stripe, shard), damage = pending.popitem()
+            path = self.shard(stripe, shard).path
+            volume = self.shard(stripe, shard).volume
+            if vs is not None and volume not in vs.present:
+                # A lost volume is health's to rebuild (onto a replacement or the
+                # survivors); reads were served from the other volumes.
+                absent.add(volume)
+                continue
+            try:
+                chunks, more = self._core.repair_shard(stripe, shard)
+            except _core.CoreError as e:
+                failed.append(f"{path} ({damage}): {e}")
+                continue
+            self.damaged.pop((stripe, shard), None)
+            if chunks:
+                log.warning("%s: repaired %s (%s)", self.entry.name, path, damage)
+                repaired.append(f"{path} ({damage})")
+            for s2, sh2, d2 in more:
+                if (s2, sh2) not in self.damaged:
+                    self.damaged[(s2, sh2)] = d2
+                    pending[(s2, sh2)] = d2
+        for volume in sorted(absent):
+            log.warning(
+                "%s: volume %d is absent; `blockframe health` rebuilds its shards",
+                self.entry.name,
+                volume,
+            )
+        return repaired, failed
+
+    def chunks(self, progress: Progress | None = None) -> Iterator[bytes]:
+        """The whole file as verified pieces, in order."""
+        done = 0
+        while done < self.size:
+            piece = self.read(done, READ_PIECE)
+            done += len(piece)
+            if progress:
+                progress(done)
+            yield piece
+
+
+def core_object(
+    entry: Entry,
+    cache: _core.Cache | None = None,
+    fetch: Fetch | None = None,
+    manifest: Manifest | None = None,
+) -> _core.Object:
+    """The core's verified reader over ``entry`` (or over ``manifest``, a new placement of
+    the same object): shard files of its directory, of its volumes, or ``fetch``."""
+    m = manifest or entry.manifest
+    vs = entry.volumes
+    store = None
+    root = str(entry.path)
+
+    def shard(si: int, j: int) -> tuple[str, int, bytes]:
+        s = m.stripes[si].shards[j]
+        return (s.path, s.size, s.hashes)
+
+    if vs is not None and fetch is None:
+        if vs.all_local(m):
+            root = "/"
+
+            def shard(si: int, j: int) -> tuple[str, int, bytes]:
+                s = m.stripes[si].shards[j]
+                return (vs.shard_path(entry.dirname, m, si, j), s.size, s.hashes)
+        else:
+            fetch, store = vs.fetcher(entry.dirname, m)
+    return _core.Object(
+        root,
+        m.chunk_size,
+        [
+            (
+                [shard(si, j) for j in range(len(st.data))],
+                [shard(si, len(st.data) + j) for j in range(len(st.parity))],
+            )
+            for si, st in enumerate(m.stripes)
+        ],
+        cache,
+        fetch,
+        store,
+    )

@@ -1,0 +1,73 @@
+"""Object names: which names an object may have, how a name becomes a directory of the
+archive, and how a path of the mounted tree is spelled. Every entry point (commit, the
+mount, serve, the remote client) checks names with these functions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from blockframe.errors import UsageError
+
+ID_LEN = 16  # hex digits of the object id in a directory name
+
+# What a served name may be, as an OpenAPI (ECMA-262 and Python) pattern: segments of
+# characters other than "/", "\\" and controls, none of them "." or "..".
+_CHAR = r"[^/\\\x00-\x1f\x7f]"
+_SEGMENT = rf"(?:[^./\\\x00-\x1f\x7f]{_CHAR}*|\.[^./\\\x00-\x1f\x7f]{_CHAR}*|\.\.{_CHAR}+)"
+NAME_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+class InvalidName(UsageError):
+    """A name no object can have (traversal attempts among them)."""
+
+
+def validate_name(name: str) -> str:
+    """``name`` if a new object may be committed under it: a relative path, ``file`` or
+    ``dir/sub/file``, without empty, ``.`` or ``..`` segments or control characters."""
+    parts = name.split("/")
+    if (
+        not name
+        or "\x00" in name
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(c) < 32 for c in name)
+    ):
+        raise UsageError(f"invalid object name {name!r}")
+    if len(dirname_for(name, "0" * ID_LEN).encode()) > 255:
+        raise UsageError(f"object name too long: {name!r}")
+    return name
+
+
+def is_servable(name: str) -> bool:
+    """Whether ``name`` can be reached through the mount and the HTTP API (a backslash
+    reads as a separator there)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def check_name(name: str) -> str:
+    """``name`` if an object could have it and be served, else :class:`InvalidName`."""
+    if not is_servable(name):
+        raise InvalidName("invalid object name")
+    return name
+
+
+def dirname_for(name: str, object_id: str) -> str:
+    """``<name>_<id>`` with ``%`` and ``/`` percent-encoded (and a leading dot, which would
+    hide the directory), so every object is one directory directly under the archive."""
+    encoded = name.replace("%", "%25").replace("/", "%2F")
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    return f"{encoded}_{object_id}"
+
+
+def dirname_prefix(name: str) -> str:
+    """What the directory of every object called ``name`` starts with."""
+    return dirname_for(name, "")
+
+
+def normalize_path(path: str) -> str:
+    """``/a/b`` for any spelling of a path of the mounted tree (``a/b``, ``/a//b/``,
+    ``\\a\\b``, ``./a/b``)."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/" + "/".join(parts)
