@@ -147,3 +147,47 @@ def test_unknown_keys_warn(isolated: Path, caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING):
         load_config()
     assert "storage.segmnt_size" in caplog.text and "[extra]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Each of these crashed with a traceback (OverflowError, RecursionError) before.
+        (f'[storage]\nsegment_size = "{"9" * 400}"\n', "cannot read size"),
+        ('[cache]\nmax_size = "100000000000TiB"\n', "too large"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        # A token HTTP clients could never present: header values are trimmed.
+        ('[server]\ntoken = " secret "\n', "server.token"),
+        ('[server]\ntoken = "sec\\tret"\n', "server.token"),
+    ],
+)
+def test_hostile_values_are_one_line_errors(isolated: Path, text: str, message: str) -> None:
+    (isolated / "config.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    assert "config.toml" in str(e.value) and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_sizes_are_exact_and_capped() -> None:
+    assert parse_size("8589934591.5GiB") == 8589934591 * 2**30 + 2**29
+    assert parse_size("0.001KB") == 1
+    with pytest.raises(ConfigError, match="too large"):
+        parse_size(2**63)
+    with pytest.raises(ConfigError, match="whole number"):
+        parse_size("0.0001KB")
+
+
+def test_port_zero_means_any_free_port(isolated: Path) -> None:
+    (isolated / "config.toml").write_text("[server]\ndefault_port = 0\n")
+    assert load_config().server_default_port == 0
+
+
+def test_a_token_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockframe.config import token_from
+
+    monkeypatch.setenv("BLOCKFRAME_TOKEN", "abc def")
+    assert token_from("x") == "abc def"
+    monkeypatch.setenv("BLOCKFRAME_TOKEN", "abc\n")
+    with pytest.raises(ConfigError, match="BLOCKFRAME_TOKEN"):
+        token_from("x")

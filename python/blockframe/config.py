@@ -27,9 +27,29 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "BLOCKFRAME_TOKEN"
 
 
+# Sizes beyond this (8 EiB) are no size a disk, a cache or the core's 64-bit counters hold.
+MAX_SIZE = 2**63 - 1
+# What an HTTP client can present in "Authorization: Bearer <token>": visible ASCII, and no
+# space at either end (header values are trimmed on the way).
+_TOKEN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+def check_token(token: str, what: str) -> str:
+    """``token`` if a client can present it (or it is empty: no token), else ConfigError."""
+    if token and _TOKEN.fullmatch(token) is None:
+        raise ConfigError(
+            f"{what}: a token must be printable ASCII without spaces at either end "
+            "(HTTP clients could never present it)"
+        )
+    return token
+
+
 def token_from(config_token: str) -> str:
     """The bearer token: ``$BLOCKFRAME_TOKEN`` when set and non-empty, else the config's."""
-    return os.environ.get(TOKEN_ENV) or config_token
+    env = os.environ.get(TOKEN_ENV)
+    if env:
+        return check_token(env, f"${TOKEN_ENV}")
+    return config_token
 
 
 _UNITS = {
@@ -44,7 +64,7 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d{1,40}(?:\.\d{1,40})?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: object, what: str = "size") -> int:
@@ -57,7 +77,7 @@ def parse_size(value: object, what: str = "size") -> int:
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{what}: a size cannot be negative ({value})")
-        return value
+        return _capped(value, what, value)
     if not isinstance(value, str):
         raise ConfigError(f"{what}: expected a size like '32MiB', got {value!r}")
     m = _SIZE_RE.match(value)
@@ -66,10 +86,20 @@ def parse_size(value: object, what: str = "size") -> int:
         raise ConfigError(
             f"{what}: cannot read size {value!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
         )
-    number = float(m.group(1)) * _UNITS[unit]
-    if number != int(number):
+    # Exact integer arithmetic: a float would round large sizes and overflow on huge ones.
+    whole, _, frac = m.group(1).partition(".")
+    scale = 10 ** len(frac)
+    numerator = (int(whole) * scale + int(frac or "0")) * _UNITS[unit]
+    number, rest = divmod(numerator, scale)
+    if rest:
         raise ConfigError(f"{what}: {value!r} is not a whole number of bytes")
-    return int(number)
+    return _capped(number, what, value)
+
+
+def _capped(number: int, what: str, value: object) -> int:
+    if number > MAX_SIZE:
+        raise ConfigError(f"{what}: {value!r} is too large (at most 8 EiB)")
+    return number
 
 
 def format_size(n: int) -> str:
@@ -194,6 +224,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
     return config_from_mapping(data, path)
 
 
@@ -252,8 +284,9 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
     if level not in _LEVELS:
         raise ConfigError(f"{path}: logging.level must be one of {', '.join(_LEVELS)}")
     port = values.get("server.default_port", 8080)
-    if not 0 < port < 65536:
-        raise ConfigError(f"{path}: server.default_port must be 1-65535, got {port}")
+    if not 0 <= port < 65536:
+        # 0: any free port, chosen when the server starts (it prints the one it got).
+        raise ConfigError(f"{path}: server.default_port must be 0-65535, got {port}")
     for key in ("cache.max_segments",):
         if values.get(key, 1) < 0:
             raise ConfigError(f"{path}: {key} cannot be negative")
@@ -281,7 +314,7 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
         cache_max_size=values.get("cache.max_size", defaults.cache_max_size),
         server_default_port=port,
         server_host=values.get("server.host", defaults.server_host),
-        server_token=values.get("server.token", ""),
+        server_token=check_token(values.get("server.token", ""), f"{path}: server.token"),
         server_cors_origins=values.get("server.cors_origins", ()),
         logging_level=level,
         storage=storage,
