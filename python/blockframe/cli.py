@@ -18,6 +18,7 @@ from blockframe.archive import Archive, RestoreReport, open_location
 from blockframe.archive.restore import atomic_output
 from blockframe.config import Config, format_size, load_config, token_from
 from blockframe.errors import BlockFrameError, OutputError, UsageError
+from blockframe.format.names import display_name
 
 log = logging.getLogger("blockframe")
 
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines with names and paths escaped (:func:`display_name`): an archive's names
+    are data from anyone and must not drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = display_name(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
     level = {"trace": logging.DEBUG, "warn": logging.WARNING}.get(
         cfg.logging_level, getattr(logging, cfg.logging_level.upper(), logging.INFO)
@@ -88,7 +98,9 @@ def _setup_logging(cfg: Config, args: argparse.Namespace) -> None:
         level = logging.DEBUG
     if args.quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="blockframe: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_SafeFormatter("blockframe: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # httpx logs every request at INFO: one line per shard range of a remote mount.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -143,7 +155,7 @@ def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
         for res in results:
             _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
         for name, e in failures:
-            print(f"blockframe: error: {name}: {e}", file=sys.stderr)
+            _error(f"{name}: {e}")
         return max((e.exit_code for _, e in failures), default=0)
     size = src.stat().st_size if src.is_file() else 0
     with progress_bar(f"commit {src.name}", size) as cb:
@@ -154,9 +166,9 @@ def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
 
 def _say_commit(status: str, name: str, size: int, tier: int) -> None:
     if status == "unchanged":
-        print(f"unchanged: {name} is already archived with identical content")
+        print(f"unchanged: {display_name(name)} is already archived with identical content")
     else:
-        print(f"{status}: {name} ({format_size(size)}, tier {tier})")
+        print(f"{status}: {display_name(name)} ({format_size(size)}, tier {tier})")
 
 
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
@@ -171,6 +183,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     table.add_column("NAME")
@@ -181,7 +194,13 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     if spread:
         table.add_column("CAN LOSE", justify="right")
     for e in entries:
-        row = [e.name, format_size(e.manifest.size), str(e.manifest.tier), e.status]
+        # Text, not a str: a name like "[red]x" is no markup.
+        row: list[str | Text] = [
+            Text(display_name(e.name)),
+            format_size(e.manifest.size),
+            str(e.manifest.tier),
+            e.status,
+        ]
         if spread:
             n = e.can_lose()
             row.append(f"{n} volume{'s' if n != 1 else ''}" if n >= 0 else "damaged")
@@ -307,6 +326,11 @@ COMMANDS = {
 }
 
 
+def _error(message: str, what: str = "error") -> None:
+    """One line on stderr, whatever the message holds (names and paths are escaped)."""
+    print(f"blockframe: {what}: {display_name(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blockframe`` console script."""
     args = build_parser().parse_args(argv)
@@ -315,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(cfg, args)
         return COMMANDS[args.command](cfg, args)
     except BlockFrameError as e:
-        print(f"blockframe: error: {e}", file=sys.stderr)
+        _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         print("blockframe: interrupted", file=sys.stderr)
@@ -328,10 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as e:
-        print(f"blockframe: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 1
     except Exception as e:
         # A bug of ours: still one line for the user; the traceback with --verbose.
         log.debug("internal error", exc_info=True)
-        print(f"blockframe: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        _error(f"{type(e).__name__}: {e}", "internal error")
         return 1

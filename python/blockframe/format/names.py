@@ -71,3 +71,12 @@ def normalize_path(path: str) -> str:
     ``\\a\\b``, ``./a/b``)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     return "/" + "/".join(parts)
+
+
+def display_name(name: str) -> str:
+    """``name`` safe to print on a terminal: characters that are not printable (C0 and C1
+    controls, bidi overrides and other format characters) are shown as ``\\xNN`` /
+    ``\\uNNNN`` escapes, so a name cannot move the cursor or reorder what is shown."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
