@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-a", "--archive", metavar="DIR")
     source.add_argument("-r", "--remote", metavar="URL", help="a BlockFrame server")
     mt.add_argument(
+        "--pin",
+        metavar="PIN",
+        help="with --remote: the archive's pin (from `serve` or `list --json`); refuse any other",
+    )
+    mt.add_argument(
         "--allow-other", action="store_true", help="let other users (e.g. an SMB/NFS server) read"
     )
 
@@ -175,7 +180,11 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     index = _archive(cfg, args).scan()
     entries = sorted(index.entries.values(), key=lambda e: e.name)
     if args.json:
+        from blockframe.format.pin import pin_of
+
         doc = {
+            # What `mount --remote URL --pin PIN` checks a server's catalog against.
+            "pin": pin_of(e.manifest for e in entries),
             "objects": [{**e.summary(), "directory": e.dirname} for e in entries],
             "problems": [{"path": p.path, "reason": p.reason} for p in index.problems],
         }
@@ -253,13 +262,15 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # Source priority (seed README): --remote, --archive, mount.default_remote,
     # archive.directory.
     remote = args.remote or (None if args.archive else cfg.mount_default_remote or None)
+    if args.pin and not remote:
+        raise UsageError("--pin is for a remote archive (--remote or mount.default_remote)")
     from blockframe.access.view import ArchiveView, Source
 
     source: Source
     if remote:
         from blockframe.archive.remote import RemoteArchive
 
-        source = RemoteArchive(remote, token=token_from(cfg.server_token))
+        source = RemoteArchive(remote, token=token_from(cfg.server_token), pin=args.pin)
     else:
         source = _archive(cfg, args)
     mountpoint = Path(args.mountpoint) if args.mountpoint else cfg.mount_default_mountpoint

@@ -10,10 +10,10 @@ hanging.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -23,13 +23,21 @@ from blockframe.archive.entry import Entry, Index, Problem
 from blockframe.archive.reader import ArchivedObject
 from blockframe.config import TOKEN_ENV, token_from
 from blockframe.errors import ArchiveError, ManifestError, NotFoundError, UsageError
-from blockframe.format.manifest import parse
-from blockframe.format.names import dirname_for
+from blockframe.format.manifest import MAX_MANIFEST, parse
+from blockframe.format.names import (
+    dirname_for,
+    display_name,
+    is_servable,
+    validate_name,
+)
+from blockframe.format.pin import check_pin, pin_of
+from blockframe.storage.http import BoundedClient, TooLarge
 from blockframe.storage.readahead import FetchAhead
 
 log = logging.getLogger(__name__)
 
 DOWN_FOR = 2.0  # seconds a failed server is not asked again
+LISTING_MAX = 256 << 20  # bytes of a listing: about a million objects
 
 
 class RemoteError(OSError):
@@ -41,67 +49,114 @@ class RemoteArchive:
 
     Offers what :class:`blockframe.access.view.ArchiveView` needs from an archive:
     ``root``, ``scan()`` and ``open_object()``.
+
+    Every request ends within ``deadline`` seconds and every body is capped (listings at
+    :data:`LISTING_MAX`, manifests at :data:`blockframe.format.manifest.MAX_MANIFEST`,
+    shard ranges at what was asked). Every byte read is verified against the manifests,
+    but manifests come from the server: with ``pin`` (the archive's pin, which
+    ``blockframe serve`` prints and ``blockframe list --json`` shows) the whole catalog
+    must match it, so the server alone cannot forge an object, hide one or add one.
     """
 
     def __init__(
-        self, url: str, token: str | None = None, timeout: float = 10.0, retries: int = 2
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+        deadline: float = 60.0,
+        pin: str | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"{url}: a remote archive URL starts with http:// or https://")
         self.root = url.rstrip("/")
+        self.location = self.root
+        self.pin = check_pin(pin) if pin else None
         token = token if token is not None else token_from("")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries = retries
-        self._client = httpx.Client(
-            base_url=self.root,
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-        )
+        self._client = BoundedClient(self.root, headers, timeout=timeout, deadline=deadline)
         self._ahead = FetchAhead(
             lambda stream, start, length: self._get_range(*stream, start, length)
         )
         self._down_until = 0.0
+        self._pinned: dict[str, Entry] | None = None
 
     # -- index ----------------------------------------------------------------------------
 
-    def _get(self, path: str, **kwargs: Any) -> httpx.Response:
+    def _get(self, path: str, limit: int) -> tuple[int, bytes]:
         try:
-            r = self._client.get(path, **kwargs)
-        except httpx.HTTPError as e:
+            status, body = self._client.get(path, limit)
+        except (httpx.HTTPError, TooLarge) as e:
             raise ArchiveError(f"{self.root}: {type(e).__name__}: {e}") from None
-        if r.status_code == 401:
+        if status == 401:
             raise ArchiveError(f"{self.root}: unauthorized (set {TOKEN_ENV} or [server] token)")
-        return r
+        return status, body
+
+    def _listing(self) -> list[str]:
+        status, body = self._get("/api/files", LISTING_MAX)
+        if status != 200:
+            raise ArchiveError(f"{self.root}: listing failed with HTTP {status}")
+        try:
+            items = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ArchiveError(f"{self.root}: the listing is not JSON") from None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ArchiveError(f"{self.root}: the listing is not a list of objects")
+        return [i.get("name") for i in items]
 
     def scan(self) -> Index:
         """Fetch the listing and every manifest; objects whose manifest does not validate
-        are skipped and reported, as for a local archive."""
-        r = self._get("/api/files")
-        if r.status_code != 200:
-            raise ArchiveError(f"{self.root}: listing failed with HTTP {r.status_code}")
+        are skipped and reported, as for a local archive. With a pin, the catalog must
+        match it exactly (ArchiveError otherwise)."""
         index = Index()
-        for item in r.json():
-            name = str(item.get("name", ""))
+        for name in self._listing():
+            if not isinstance(name, str) or not _valid(name):
+                index.problems.append(Problem(display(name), "invalid object name (skipped)"))
+                continue
             try:
-                index.entries[name] = self._entry(name)
+                index.add(name, self._entry(name))
             except (ManifestError, ArchiveError, NotFoundError) as e:
                 index.problems.append(Problem(name, str(e)))
+        if self.pin is not None:
+            self._check_pin(index)
         return index
 
+    def _check_pin(self, index: Index) -> None:
+        assert self.pin is not None
+        got = pin_of(e.manifest for e in index.entries.values())
+        if index.problems or got != self.pin:
+            why = f"; {len(index.problems)} object(s) unusable" if index.problems else ""
+            raise ArchiveError(
+                f"{self.root}: the archive does not match its pin {self.pin[:16]}... "
+                f"(it pins to {got[:16]}...{why}): refusing to trust it"
+            )
+        self._pinned = dict(index.entries)
+
     def _entry(self, name: str) -> Entry:
-        r = self._get(f"/api/files/{quote(name)}/manifest")
-        if r.status_code == 404:
+        status, body = self._get(f"/api/files/{quote(name)}/manifest", MAX_MANIFEST)
+        if status == 404:
             raise NotFoundError(f"no object named {name!r} at {self.root}")
-        if r.status_code != 200:
-            raise ArchiveError(f"{name}: manifest request failed with HTTP {r.status_code}")
-        manifest = parse(r.content, f"{self.root} {name}")
+        if status != 200:
+            raise ArchiveError(f"{name}: manifest request failed with HTTP {status}")
+        manifest = parse(body, f"{self.root} {name}")
         if manifest.name != name:
             raise ManifestError(f"{name}: the server sent the manifest of {manifest.name!r}")
         return Entry(name, Path(dirname_for(name, manifest.id)), manifest)
 
     def get(self, name: str) -> Entry:
-        return self._entry(name)
+        """The object called ``name`` (with a pin: as the verified catalog has it)."""
+        if self.pin is None:
+            if not _valid(name):
+                raise NotFoundError(f"no object named {name!r} at {self.root}")
+            return self._entry(name)
+        if self._pinned is None:
+            self.scan()
+        assert self._pinned is not None
+        entry = self._pinned.get(name)
+        if entry is None:
+            raise NotFoundError(f"no object named {name!r} at {self.root}")
+        return entry
 
     def open_object(self, entry: Entry, cache: _core.Cache | None = None) -> ArchivedObject:
         """Verified random access to a remote object."""
@@ -135,25 +190,41 @@ class RemoteArchive:
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
         for attempt in range(self.retries + 1):
             try:
-                r = self._client.get(path, headers=headers)
-            except httpx.HTTPError as e:
-                if attempt < self.retries and not isinstance(e, httpx.TimeoutException):
+                # A server that ignores Range answers 200 with the shard from its start.
+                status, body = self._client.get(path, start + length, headers)
+            except (httpx.HTTPError, TooLarge) as e:
+                retry = not isinstance(e, httpx.TimeoutException | TooLarge)
+                if attempt < self.retries and retry:
                     time.sleep(0.05 * (attempt + 1))
                     continue
                 self._down_until = time.monotonic() + DOWN_FOR
                 log.error("%s: %s shard %d/%d: %s", self.root, name, stripe, shard, e)
                 raise RemoteError(str(e)) from None
-            if r.status_code == 206:
-                return r.content[:length]
-            if r.status_code == 200:
-                return r.content[start : start + length]
-            if r.status_code == 404:
+            if status == 206:
+                return body[:length]
+            if status == 200:
+                return body[start : start + length]
+            if status == 404:
                 return None
-            if r.status_code == 416:
+            if status == 416:
                 return b""
-            if r.status_code >= 500 and attempt < self.retries:
+            if status >= 500 and attempt < self.retries:
                 time.sleep(0.05 * (attempt + 1))
                 continue
-            log.error("%s: %s shard %d/%d: HTTP %d", self.root, name, stripe, shard, r.status_code)
-            raise RemoteError(f"HTTP {r.status_code}")
+            log.error("%s: %s shard %d/%d: HTTP %d", self.root, name, stripe, shard, status)
+            raise RemoteError(f"HTTP {status}")
         raise AssertionError("unreachable")
+
+
+def _valid(name: str) -> bool:
+    """A name the server may list: one a commit could have made and the mount can show."""
+    try:
+        validate_name(name)
+    except UsageError:
+        return False
+    return is_servable(name)
+
+
+def display(name: object) -> str:
+    """A listed name (anything the server sent) for a message."""
+    return display_name(name) if isinstance(name, str) else repr(name)

@@ -27,6 +27,10 @@ REPLICA = "manifest.replica.json"
 # invisible (no manifest yet) and `health` may remove it once the commit is clearly dead.
 COMMITTING = ".committing"
 HASH_LEN = 32
+# The largest manifest read or written (FORMAT.md, "Limits"): enough for an object of about
+# 1.4 TiB at the default 64 KiB chunks, or 22 TiB at 1 MiB chunks. A bigger file is refused
+# at commit, and nothing bigger is ever loaded into memory.
+MAX_MANIFEST = 1 << 30
 # Every shard of a stripe is padded (in memory) to one length that is a multiple of this
 # before encoding, and parity is stored at that length (FORMAT.md, "Padding").
 ALIGN: int = _core.CHUNK_ALIGN

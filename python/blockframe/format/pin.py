@@ -1,0 +1,45 @@
+"""The pin of an archive: one BLAKE3 digest over everything that decides which bytes each
+object reads back as (names, sizes, content hashes, Merkle roots, chunk size and the shard
+sizes of every stripe). Where shards are placed and when objects were created are left
+out, so repairs and re-placements keep the pin; any commit, removal or forged manifest
+changes it. FORMAT.md ("The pin") defines the bytes hashed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+from blockframe import _core
+from blockframe.errors import UsageError
+from blockframe.format.manifest import Manifest
+
+_PIN = re.compile(r"[0-9a-f]{64}")
+
+
+def pin_of(manifests: Iterable[Manifest]) -> str:
+    """The pin of an archive whose usable objects have these manifests."""
+    doc = [
+        {
+            "name": m.name,
+            "size": m.size,
+            "content_hash": m.content_hash,
+            "merkle_root": m.merkle_root,
+            "chunk_size": m.chunk_size,
+            "stripes": [
+                [[s.size for s in st.data], [s.size for s in st.parity]] for st in m.stripes
+            ],
+        }
+        for m in sorted(manifests, key=lambda m: m.name)
+    ]
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _core.blake3(b"blockframe-pin-v1\n" + raw).hex()
+
+
+def check_pin(pin: str) -> str:
+    """``pin`` if it is one (64 lowercase hex digits), else UsageError."""
+    pin = pin.strip().lower()
+    if _PIN.fullmatch(pin) is None:
+        raise UsageError(f"invalid pin {pin!r}: 64 hex digits, as `blockframe serve` prints it")
+    return pin
