@@ -19,6 +19,11 @@ import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from blockframe.format.manifest import MAX_MANIFEST
+
+# The most a volume reads into memory at once (manifests and labels; FORMAT.md "Limits").
+READ_LIMIT = MAX_MANIFEST
+
 
 def check_rel(rel: str, *, allow_root: bool = False) -> str:
     """``rel`` if it is a valid volume path, else ``ValueError``.
@@ -71,8 +76,10 @@ class Volume(ABC):
         ``[]`` if it does not exist."""
 
     @abstractmethod
-    def read(self, rel: str) -> bytes | None:
-        """The whole file; ``None`` if it does not exist."""
+    def read(self, rel: str, limit: int = READ_LIMIT) -> bytes | None:
+        """The whole file; ``None`` if it does not exist. A file larger than ``limit``
+        bytes, or one that is not a regular file, is an OSError: nothing that large is read
+        into memory."""
 
     @abstractmethod
     def write(self, rel: str, data: bytes) -> None:

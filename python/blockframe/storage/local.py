@@ -3,17 +3,58 @@ volume that is a directory of a local filesystem."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from blockframe.storage.base import Volume, check_range, check_rel
+from blockframe.storage.base import READ_LIMIT, Volume, check_range, check_rel
 
 # Open flags for new files: never through a symlink planted at the temporary name (O_EXCL
 # already refuses any existing name; O_NOFOLLOW says so where the platform has it).
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+# Opening a file to read it: never through a final symlink, never blocking on a FIFO or a
+# device (O_NONBLOCK; only regular files are then accepted).
+_READ_FILE = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
+def open_regular(path: Path) -> int:
+    """A descriptor of the regular file at ``path``. A symlink, FIFO, device or directory
+    there is an OSError (never followed, never waited on); a missing file is
+    FileNotFoundError."""
+    fd = os.open(path, _READ_FILE)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The content of the regular file ``path`` (see :func:`open_regular`), refusing one
+    larger than ``limit`` bytes before reading it (a sparse 4 GiB file costs nothing)."""
+    fd = open_regular(path)
+    with open(fd, "rb") as f:
+        if os.fstat(fd).st_size > limit:
+            raise OSError(errno.EFBIG, f"{path}: larger than {limit} bytes")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while we read
+        raise OSError(errno.EFBIG, f"{path}: larger than {limit} bytes")
+    return data
 
 
 def fsync_dir(path: Path) -> None:
@@ -99,10 +140,10 @@ class LocalVolume(Volume):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def read(self, rel: str) -> bytes | None:
-        """The whole file; ``None`` if missing."""
+    def read(self, rel: str, limit: int = READ_LIMIT) -> bytes | None:
+        """The whole file; ``None`` if missing (a link, FIFO or larger file: OSError)."""
         try:
-            return self._path(rel).read_bytes()
+            return read_regular(self._path(rel), limit)
         except FileNotFoundError:
             return None
 
@@ -137,7 +178,7 @@ class LocalVolume(Volume):
         """Bytes ``[start, start + length)``; ``b""`` past the end; ``None`` if missing."""
         check_range(start, length)
         try:
-            f = open(self._path(rel), "rb")  # noqa: SIM115 - closed below, after the reads
+            f = open(open_regular(self._path(rel)), "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return None
         with f:

@@ -4,6 +4,7 @@ turned into one-line ``OSError``s)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import threading
@@ -17,7 +18,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from blockframe.storage.base import Volume, check_range, check_rel
+from blockframe.storage.base import READ_LIMIT, Volume, check_range, check_rel
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +280,16 @@ class S3Volume(Volume):
             self._fail(e, "list", rel)
         return sorted(names)
 
-    def read(self, rel: str) -> bytes | None:
-        """The whole object; ``None`` if missing."""
+    def read(self, rel: str, limit: int = READ_LIMIT) -> bytes | None:
+        """The whole object; ``None`` if missing (larger than ``limit``: OSError)."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(rel))
             with response["Body"] as body:
-                data: bytes = body.read()
+                if int(response.get("ContentLength") or 0) > limit:
+                    raise OSError(errno.EFBIG, f"{self.where(rel)}: larger than {limit} bytes")
+                data: bytes = body.read(limit + 1)
+            if len(data) > limit:
+                raise OSError(errno.EFBIG, f"{self.where(rel)}: larger than {limit} bytes")
             return data
         except botocore.exceptions.ClientError as e:
             if _missing(e):
