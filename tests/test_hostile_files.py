@@ -69,3 +69,20 @@ def test_atomic_write_never_writes_through_a_planted_link(tmp_path: Path) -> Non
     planted.symlink_to(outside)
     atomic_write(target, b"newer")
     assert outside.read_bytes() == b"keep" and target.read_bytes() == b"newer"
+
+
+def test_a_file_whose_manifest_would_exceed_the_limit_is_refused_up_front(
+    tmp_path: Path,
+) -> None:
+    from blockframe.archive import Archive
+    from blockframe.config import StorageConfig
+    from blockframe.errors import SourceError
+
+    huge = tmp_path / "huge.img"
+    with open(huge, "wb") as f:
+        f.truncate(3 << 30)  # sparse: nothing is read before the refusal
+    tiny_chunks = StorageConfig(chunk_size=64, segment_size=1 << 20)
+    archive = Archive(tmp_path / "archive", tiny_chunks)
+    with pytest.raises(SourceError, match="use a larger \\[storage\\] chunk_size"):
+        archive.commit(huge)
+    assert not (tmp_path / "archive").exists()

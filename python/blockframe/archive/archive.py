@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from blockframe import _core
-from blockframe.archive.commit import check_source, hash_file
+from blockframe.archive.commit import check_manifest_fits, check_source, hash_file
 from blockframe.archive.directory import DirectoryBackend
 from blockframe.archive.entry import CommitResult, Entry, Index, Problem, Progress, RestoreReport
 from blockframe.archive.reader import ArchivedObject
@@ -165,6 +165,7 @@ class Archive:
         """
         src = Path(source)
         size = check_source(src)
+        check_manifest_fits(src, size, self.storage)
         name = validate_name(name if name is not None else src.name)
         existing = self.find(name) if self.backend.exists() else None
         if existing is not None:

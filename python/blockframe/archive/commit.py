@@ -4,7 +4,15 @@ wrote."""
 
 from __future__ import annotations
 
-__all__ = ["Progress", "build_manifest", "check_source", "commit_errors", "hash_file", "removing"]
+__all__ = [
+    "Progress",
+    "build_manifest",
+    "check_manifest_fits",
+    "check_source",
+    "commit_errors",
+    "hash_file",
+    "removing",
+]
 
 import contextlib
 import shutil
@@ -18,7 +26,7 @@ from blockframe.archive.entry import Progress
 from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, SourceError
 from blockframe.format import layout
-from blockframe.format.manifest import Manifest, Shard, Stripe, padded_size
+from blockframe.format.manifest import MAX_MANIFEST, Manifest, Shard, Stripe, padded_size
 
 
 @contextlib.contextmanager
@@ -66,6 +74,30 @@ def check_source(src: Path) -> int:
     except OSError as e:
         raise SourceError(f"{src}: cannot read: {e.strerror}") from None
     return st.st_size
+
+
+# Bytes of manifest JSON per chunk hash (44 characters of base64 and a little slack) and
+# per shard (its path, size and keys), for the estimate below.
+_PER_CHUNK = 45
+_PER_SHARD = 160
+
+
+def check_manifest_fits(src: Path, size: int, storage: StorageConfig) -> None:
+    """Refuse, before writing anything, a file whose manifest would exceed the 1 GiB every
+    reader refuses to load (FORMAT.md 10.6)."""
+    _, stripes = layout.plan(size, storage)
+    chunk = storage.chunk_size
+    chunks = shards = 0
+    for st in stripes:
+        padded = padded_size(n for _, n in st.data)
+        chunks += sum(-(-n // chunk) for _, n in st.data) + len(st.parity) * -(-padded // chunk)
+        shards += len(st.data) + len(st.parity)
+    estimate = 4096 + chunks * _PER_CHUNK + shards * _PER_SHARD
+    if estimate > MAX_MANIFEST:
+        raise SourceError(
+            f"{src}: too large for one object at chunk_size {chunk} (its manifest would "
+            f"exceed {MAX_MANIFEST >> 30} GiB); use a larger [storage] chunk_size"
+        )
 
 
 def hash_file(path: Path) -> str:
