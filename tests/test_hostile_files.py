@@ -86,3 +86,25 @@ def test_a_file_whose_manifest_would_exceed_the_limit_is_refused_up_front(
     with pytest.raises(SourceError, match="use a larger \\[storage\\] chunk_size"):
         archive.commit(huge)
     assert not (tmp_path / "archive").exists()
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_atomic_output_on_every_platform_branch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: str
+) -> None:
+    import sys
+
+    from blockframe.archive.restore import atomic_output
+
+    monkeypatch.setattr(sys, "platform", platform)
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_output(out) as f:
+        f.write(b"partial")
+        raise RuntimeError("interrupted")
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with atomic_output(out) as f:
+        f.write(b"new")
+    assert out.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

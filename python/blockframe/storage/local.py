@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import stat
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,7 @@ def read_regular(path: Path, limit: int) -> bytes:
 def fsync_dir(path: Path) -> None:
     """Make the entries of directory ``path`` (a rename, a new file) durable."""
     # Windows cannot open a directory for fsync, and NTFS journals the rename itself.
-    if os.name == "nt":
+    if sys.platform == "win32":
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
