@@ -53,6 +53,9 @@ from conftest import CONFIG_TOML, SMALL, data  # noqa: E402
 
 PARITY = SMALL.parity_shards
 CHUNK = SMALL.chunk_size
+# A read through the mount is refused whole when the kernel's request, which reaches up to
+# the readahead window (1 MiB) past it and is up to 1 MiB itself, touches a lost chunk.
+MOUNT_SLACK = 2 << 20
 MANIFESTS = ("manifest.json", "manifest.replica.json")
 HOUR = 3600
 
@@ -294,11 +297,40 @@ class Engine:
             )
         self.stats.bytes_verified += len(got)
 
-    def refused(self, o: Obj, via: str, detail: object) -> None:
-        lost = self.lost(o)
-        if not lost:
+    def lost_ranges(self, o: Obj) -> list[tuple[int, int]]:
+        """File byte ranges beyond parity: chunk positions of a stripe with more bad shards
+        than parity shards, over the data shards of that stripe."""
+        out = []
+        start = 0
+        for si, stripe in enumerate(o.geometry):
+            per_pos: Counter[int] = Counter()
+            for rel, _size in stripe:
+                for p in self.bad_chunks(o, rel, o.state[rel]):
+                    per_pos[p] += 1
+            lost = {p for p, c in per_pos.items() if c > PARITY}
+            for _rel, size in stripe[: o.ndata[si]]:
+                for p in sorted(lost):
+                    a = p * CHUNK
+                    if a < size:
+                        out.append((start + a, start + min(size, a + CHUNK)))
+                start += size
+        return out
+
+    def refused(
+        self, o: Obj, via: str, detail: object, span: tuple[int, int], slack: int = 0
+    ) -> None:
+        """A reader refused bytes ``span`` of ``o``: only allowed when both manifest copies
+        are damaged or a lost range overlaps the span (widened by ``slack`` bytes each side
+        for a mount, whose kernel reads ahead and fails the whole request)."""
+        a, b = span[0] - slack, span[1] + slack
+        allowed = self.unusable(o) or any(x < b and a < y for x, y in self.lost_ranges(o))
+        if not allowed:
             self.stats.recoverable_lost += 1
-        self.check(lost, f"{via}: {o.name} refused a read with damage within parity: {detail!r}")
+        self.check(
+            allowed,
+            f"{via}: {o.name} refused [{span[0]}, {span[1]}), which parity could rebuild "
+            f"(lost: {self.lost_ranges(o)}): {detail!r}",
+        )
         self.stats.reads_refused += 1
 
     # -- actions ---------------------------------------------------------------------------
@@ -571,10 +603,10 @@ class Engine:
             got = self.archive.open(o.name).read(off, size)
         except NotFoundError as e:  # hidden: no usable manifest copy left
             self.check(self.unusable(o), f"Archive.open: {o.name} not found: {e}")
-            self.refused(o, "Archive.open", e)
+            self.refused(o, "Archive.open", e, (0, len(o.content)))
             return
         except IntegrityError as e:
-            self.refused(o, "Archive.read", e)
+            self.refused(o, "Archive.read", e, (off, min(off + size, len(o.content))))
             return
         self.check(len(got) == min(size, len(o.content) - off), f"short read {len(got)}")
         self.expect_bytes(o, off, got, "Archive.read")
@@ -595,7 +627,9 @@ class Engine:
                 last.startswith(b"blockframe: error:") and b"Traceback" not in r.stderr,
                 f"restore failure is not a one-line error: {r.stderr!r}",
             )
-            self.refused(o, "restore", r.stderr)
+            # Failing after all the bytes (a shard it could not repair) is judged whole.
+            first = len(r.stdout) if len(r.stdout) < len(o.content) else 0
+            self.refused(o, "restore", r.stderr, (first, len(o.content)))
             # whatever was streamed before the failure is still verified bytes
             self.expect_bytes(o, 0, r.stdout, "restore (partial)")
             return
@@ -826,7 +860,8 @@ class Engine:
                     except OSError as e:
                         allowed = (errno.EIO, errno.ENOENT) if self.unusable(o) else (errno.EIO,)
                         self.check(e.errno in allowed, f"mount read error {e!r}")
-                        self.refused(o, "mount", e)
+                        span = (off, min(off + size, len(o.content)))
+                        self.refused(o, "mount", e, span, slack=MOUNT_SLACK)
                         continue
                     self.check(len(got) == min(size, len(o.content) - off), "mount short read")
                     self.expect_bytes(o, off, got, "mount")
@@ -880,13 +915,14 @@ class Engine:
         try:
             with c.stream("GET", url, headers={"Range": f"bytes={off}-{end}"}) as r:
                 if r.status_code >= 500:
-                    self.refused(o, "http", r.status_code)
+                    self.refused(o, "http", r.status_code, (off, min(end + 1, len(o.content))))
                     return
                 self.check(r.status_code == 206, f"http status {r.status_code} for a valid range")
                 for piece in r.iter_raw():
                     got += piece
         except httpx.RemoteProtocolError as e:  # stream cut at damage found mid-way
-            self.refused(o, "http (stream cut)", e)
+            span = (off + len(got), min(end + 1, len(o.content)))
+            self.refused(o, "http (stream cut)", e, span)
             self.expect_bytes(o, off, got, "http (partial)")
             return
         self.check(len(got) == min(size, len(o.content) - off), f"http short body {len(got)}")

@@ -102,7 +102,7 @@ def main() -> int:
         "manifest copies damaged": total.manifests_damaged,
         "objects damaged beyond parity (all reported)": total.beyond_parity_objects,
         "reads (engine)": total.reads,
-        "reads refused (all beyond parity)": total.reads_refused,
+        "reads refused (each touching a lost range)": total.reads_refused,
         "bytes read and verified (engine)": total.bytes_verified,
         "repairs observed (files back to original bytes)": total.repairs,
         "health runs": total.health_runs,

@@ -246,3 +246,23 @@ def test_fuzz_http_requests(http_engine: tuple[Engine, str]) -> None:
         for o in e.objects.values():
             if o.name not in lost:
                 assert c.get("/api/files/" + o.name).content == o.content
+
+
+def test_the_oracle_refuses_a_refusal_of_intact_bytes(tmp_path: Path) -> None:
+    """A reader may refuse only ranges that overlap a lost chunk: the oracle flags a
+    refusal of intact bytes of an object that has lost data elsewhere."""
+    from engine import CHUNK, PARITY, TortureFailure
+
+    e = Engine(3, tmp_path / "t")
+    while not any(len(o.content) > 4 * CHUNK for o in e.objects.values()):
+        e.act_commit()
+    o = next(o for o in e.objects.values() if len(o.content) > 4 * CHUNK)
+    # PARITY + 1 shards of stripe 0 differ from their snapshot in chunk 0 only.
+    for rel, _size in o.geometry[0][: PARITY + 1]:
+        orig = o.orig[rel]
+        o.state[rel] = bytes([orig[0] ^ 1]) + orig[1:]
+    lost = e.lost_ranges(o)
+    assert lost and lost[0][0] == 0
+    e.refused(o, "test", None, (0, 10))  # overlaps the lost chunk: allowed
+    with pytest.raises(TortureFailure, match="which parity could rebuild"):
+        e.refused(o, "test", None, (len(o.content) - 10, len(o.content)))
