@@ -42,7 +42,6 @@ import socket
 import stat
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,6 +66,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from blockframe import metrics
 from blockframe.access.http.openapi import DOCS_PAGE, OCTET, openapi, swagger_ui_dir
 from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive, Entry, Index
@@ -100,100 +100,6 @@ class ServerOptions:
     token: str = ""
     cors_origins: tuple[str, ...] = ()
     cache_bytes: int = 256 << 20
-
-
-# -- metrics -------------------------------------------------------------------------------
-
-
-class Metrics:
-    """Counters for ``/metrics``, updated from the event loop and worker threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.values: Counter[str] = Counter()
-        self.statuses: Counter[int] = Counter()
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self.values[name] += n
-
-    def request(self, status: int) -> None:
-        with self._lock:
-            self.statuses[status] += 1
-
-    def render(self, objects: int) -> str:
-        """The Prometheus text exposition format, version 0.0.4."""
-        with self._lock:
-            values, statuses = dict(self.values), dict(self.statuses)
-        out: list[str] = []
-
-        def metric(name: str, kind: str, text: str, samples: list[tuple[str, int]]) -> None:
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(f"{name}{labels} {value}" for labels, value in samples)
-
-        for name, text in _COUNTERS.items():
-            metric(name, "counter", text, [("", values.get(name, 0))])
-        metric(
-            "blockframe_http_requests_total",
-            "counter",
-            "HTTP requests answered, by status code.",
-            [(f'{{status="{s}"}}', n) for s, n in sorted(statuses.items())],
-        )
-        metric("blockframe_objects", "gauge", "Objects served.", [("", objects)])
-        return "\n".join(out) + "\n"
-
-
-_COUNTERS = {
-    "blockframe_bytes_served_total": "Verified file bytes and raw shard bytes sent.",
-    "blockframe_reads_repaired_total": (
-        "Damaged shards found by reads: the bytes were rebuilt from parity in memory and "
-        "the shard queued for repair on disk."
-    ),
-    "blockframe_shards_repaired_total": "Damaged shards rewritten on disk.",
-    "blockframe_integrity_errors_total": (
-        "Reads refused because damage exceeded what parity can rebuild."
-    ),
-    "blockframe_streams_aborted_total": "Responses cut short because a later piece failed.",
-}
-
-# The archive reports damage found by a read and every shard it rewrites as log records
-# (blockframe.archive.ArchivedObject); these are their format strings.
-_DAMAGE_FOUND = "%s: %s is %s"
-_REPAIRED = "%s: repaired %s (%s)"
-
-
-class _IntegrityEvents(logging.Handler):
-    """Counts the archive's damage and repair records whatever the log level, and passes
-    every record on to the normal handlers only at the level the user chose."""
-
-    def __init__(self, metrics: Metrics, threshold: int) -> None:
-        super().__init__()
-        self.metrics = metrics
-        self.threshold = threshold
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == _DAMAGE_FOUND:
-            self.metrics.add("blockframe_reads_repaired_total")
-        elif record.msg == _REPAIRED:
-            self.metrics.add("blockframe_shards_repaired_total")
-        if record.levelno >= self.threshold:
-            logging.getLogger("blockframe").handle(record)
-
-
-@contextlib.contextmanager
-def _count_integrity_events(metrics: Metrics) -> Iterator[None]:
-    logger = logging.getLogger("blockframe.archive")
-    saved = (logger.level, logger.propagate)
-    handler = _IntegrityEvents(metrics, logger.getEffectiveLevel())
-    logger.setLevel(min(logger.getEffectiveLevel(), logging.WARNING))
-    logger.propagate = False
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.level, logger.propagate = saved
 
 
 # -- the archive as the server sees it -----------------------------------------------------
@@ -457,7 +363,6 @@ class Server:
     def __init__(self, catalog: Catalog, options: ServerOptions) -> None:
         self.catalog = catalog
         self.options = options
-        self.metrics = Metrics()
 
     # -- /api/files -----------------------------------------------------------------------
 
@@ -494,7 +399,7 @@ class Server:
         except BaseException as e:
             view.release(handle)
             if isinstance(e, IntegrityError):
-                self.metrics.add("blockframe_integrity_errors_total")
+                metrics.integrity_errors.inc()
             raise
         body = self._verified(handle, first, start + len(first), end, entry.name)
         return _Stream(body, status, headers, lambda: view.release(handle))
@@ -506,17 +411,17 @@ class Server:
         view = self.catalog.view
         try:
             yield first
-            self.metrics.add("blockframe_bytes_served_total", len(first))
+            metrics.bytes_served.inc(len(first))
             while pos < end:
                 piece = await run_in_threadpool(view.read, handle, pos, min(PIECE, end - pos))
                 if not piece:
                     raise IntegrityError(f"{name}: ended early at byte {pos}")
                 pos += len(piece)
                 yield piece
-                self.metrics.add("blockframe_bytes_served_total", len(piece))
+                metrics.bytes_served.inc(len(piece))
         except IntegrityError as e:
-            self.metrics.add("blockframe_integrity_errors_total")
-            self.metrics.add("blockframe_streams_aborted_total")
+            metrics.integrity_errors.inc()
+            metrics.streams_aborted.inc()
             log.error("aborted a response at byte %d: %s", pos, e)
             raise _Abort from None
 
@@ -596,7 +501,7 @@ class Server:
                     raise _Abort
                 pos += len(piece)
                 yield piece
-                self.metrics.add("blockframe_bytes_served_total", len(piece))
+                metrics.bytes_served.inc(len(piece))
         except OSError as e:
             log.error("aborted a shard response: %s", e)
             raise _Abort from None
@@ -616,8 +521,8 @@ class Server:
         return JSONResponse(await run_in_threadpool(summary))
 
     async def metrics_text(self, request: Request) -> Response:
-        body = self.metrics.render(self.catalog.count)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        metrics.objects.set(self.catalog.count)
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def openapi_json(self, request: Request) -> Response:
         return JSONResponse(openapi(bool(self.options.token)))
@@ -659,7 +564,7 @@ class Server:
                 allow_headers=["Authorization", "Range", "If-Range"],
                 expose_headers=["Content-Range", "Content-Length", "ETag", "Accept-Ranges"],
             )
-        return _Edge(app, self.metrics)
+        return _Edge(app)
 
 
 class _Stream(StreamingResponse):
@@ -733,9 +638,8 @@ class _Edge:
     """Outermost: counts requests by status, and ends a response that must be aborted
     by returning without completing it (uvicorn then closes the connection)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -758,7 +662,7 @@ class _Edge:
             if rest is not None:
                 raise rest from None
         finally:
-            self.metrics.request(status)
+            metrics.http_requests.labels(str(status)).inc()
 
 
 # -- running -------------------------------------------------------------------------------
@@ -827,7 +731,7 @@ def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None
         log.info("serving %s at %s (API docs: %s/docs)", archive.location, url, url)
         if not options.token and not _is_loopback(host):
             log.warning("no token set: anyone who can reach %s can read the archive", url)
-        with _quiet_signals(), _count_integrity_events(server.metrics):
+        with _quiet_signals():
             uvicorn.Server(config).run(sockets=[sock])
         sock.close()
     finally:
