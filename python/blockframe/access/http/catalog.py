@@ -12,7 +12,7 @@ from typing import Any
 
 from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive, Entry, Index
-from blockframe.errors import ArchiveError, BlockFrameError, NotFoundError
+from blockframe.errors import ArchiveError, NotFoundError
 from blockframe.format.names import check_name, is_servable
 
 RESCAN_INTERVAL = 1.0  # seconds: how often a listing or an unknown name may rescan the archive
@@ -21,11 +21,6 @@ _SHARD_ROUTE = re.compile(r"(.+)/shards/(\d{1,9})/(\d{1,9})")
 
 def _layout(index: Index) -> dict[str, str]:
     return {name: e.path.name for name, e in index.entries.items()}
-
-
-def _mtime_ns(entry: Entry) -> int:
-    # The same instant ArchiveView reports for an entry (its manifest's creation time).
-    return int(datetime.fromisoformat(entry.manifest.created).timestamp() * 1_000_000_000)
 
 
 class ArchiveChanged(ArchiveError):
@@ -43,49 +38,28 @@ class Target:
 
 
 class Catalog:
-    """The archive's usable objects, kept in step with the ArchiveView that reads them.
+    """The archive's servable objects: the files of the tree of the ArchiveView that reads
+    them, less names no URL reaches (a backslash, which the view reads as "/").
 
     The index is rescanned at most once per :data:`RESCAN_INTERVAL` when a listing is
     asked for or an unknown name is looked up, so new commits appear and replaced
-    objects are followed; the view is refreshed whenever the set of objects changed.
-    Objects the view cannot reach (a name that is also a directory of other names, or a
-    name with a backslash) are left out, so everything listed can be read.
+    objects are followed. A scan whose set of objects changed becomes the view's new
+    tree, so the catalog and the view always see the same one, and everything listed can
+    be read (a name that is also a directory of other names is not a file of the tree).
     """
 
     def __init__(self, archive: Archive, cache_bytes: int = 256 << 20) -> None:
         self.archive = archive
         self._lock = threading.Lock()
-        self._entries: dict[str, Entry] = {}
-        self._layout: dict[str, str] = {}
-        self._scanned = 0.0
-        self.problems = 0
-        # Our scan first: anything committed before the view's own scan is then seen by
-        # the view too, or differs at the next rescan (which refreshes the view).
         index = self.archive.scan()
-        self.view = ArchiveView(archive, cache_bytes=cache_bytes)
-        self._adopt(index)
-
-    def _scan(self) -> None:
-        index = self.archive.scan()
-        if _layout(index) != self._layout:
-            self.view.refresh()
+        self.view = ArchiveView(archive, cache_bytes=cache_bytes, index=index)
         self._adopt(index)
 
     def _adopt(self, index: Index) -> None:
-        visible: dict[str, Entry] = {}
-        layout = _layout(index)
-        for name, entry in index.entries.items():
-            if not is_servable(name):
-                continue  # a backslash: the view reads it as "/", so no path reaches it
-            try:
-                hidden = self.view.stat("/" + name).is_dir  # "a" when "a/b" exists
-            except BlockFrameError:
-                layout = {}  # the view lags behind: refresh it at the next rescan
-                continue
-            if not hidden:
-                visible[name] = entry
-        self._entries = visible
-        self._layout = layout
+        # The tree's files are in name order, and so is this.
+        files = self.view.tree.files
+        self._entries = {name: e for name, e in files.items() if is_servable(name)}
+        self._layout = _layout(index)
         self.problems = len(index.problems)
         self._scanned = time.monotonic()
 
@@ -93,7 +67,10 @@ class Catalog:
         """Rescan the archive unless that was done within :data:`RESCAN_INTERVAL`."""
         with self._lock:
             if force or time.monotonic() - self._scanned >= RESCAN_INTERVAL:
-                self._scan()
+                index = self.archive.scan()
+                if _layout(index) != self._layout:
+                    self.view.refresh(index)
+                self._adopt(index)
 
     @property
     def count(self) -> int:
@@ -103,7 +80,7 @@ class Catalog:
     def entries(self) -> list[Entry]:
         """Every servable object, sorted by name (rescanning first if due)."""
         self.rescan()
-        return sorted(self._entries.values(), key=lambda e: e.name)
+        return list(self._entries.values())
 
     def find(self, name: str) -> Entry | None:
         entry = self._entries.get(name)
@@ -129,16 +106,12 @@ class Catalog:
 
     def open(self, entry: Entry) -> int:
         """A view handle on exactly ``entry`` (the version whose size and hash the
-        response headers announce)."""
-        path = "/" + entry.name
-        for attempt in range(2):
-            st = self.view.stat(path)
-            if st.size == entry.manifest.size and st.mtime_ns == _mtime_ns(entry):
-                return self.view.open(path)
-            if attempt == 0:
-                with self._lock:
-                    self.view.refresh()
-        raise ArchiveChanged("the archive changed during the request; retry")
+        response headers announce), not on a newer object of the same name."""
+        handle = self.view.open("/" + entry.name)
+        if self.view.entry(handle).path != entry.path:
+            self.view.release(handle)
+            raise ArchiveChanged("the archive changed during the request; retry")
+        return handle
 
     def scrub_results(self) -> dict[str, dict[str, Any]]:
         """The latest `blockframe health` outcome per object directory: {at, status,
