@@ -274,6 +274,35 @@ def test_sigint_unmounts_cleanly(archive: Env) -> None:
     assert b"unmounted" in err
 
 
+def test_stale_mount_with_shell_characters_in_its_name_is_cleared(archive: Env) -> None:
+    # A mount whose process was killed leaves "Transport endpoint is not connected"; the
+    # next mount clears it. The name would run `touch pwned` if it reached a shell.
+    mnt = archive.root / "mnt q'$(touch pwned)'q `touch pwned2`"
+    m = start_mount(archive, mnt)
+    try:
+        assert (mnt / "t1.bin").read_bytes() == content("t1.bin")
+        m.proc.kill()
+        m.proc.wait(timeout=20)
+        with pytest.raises(OSError) as stale:
+            os.listdir(mnt)
+        assert stale.value.errno == errno.ENOTCONN
+        deadline = time.monotonic() + 10
+        while os.path.ismount(mnt):  # answered from the kernel's attribute cache for ~1 s
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        m = start_mount(archive, mnt)
+        assert (mnt / "dir/notes.txt").read_bytes() == TEXT
+        code, err = m.stop()
+        assert code == 0, err
+        assert b"clearing a stale mount" in err
+        assert not os.path.ismount(mnt)
+        assert [p.name for p in archive.root.iterdir() if p.name.startswith("pwned")] == []
+    finally:
+        if m.proc.poll() is None:
+            m.proc.kill()
+        subprocess.run(["umount", "-l", str(mnt)], stderr=subprocess.DEVNULL, check=False)
+
+
 def test_bad_entries_do_not_stop_the_mount(archive: Env) -> None:
     (archive.archive_dir / "stray.txt").write_bytes(b"x")
     bad = archive.object_dir("t2.bin")

@@ -348,13 +348,25 @@ def test_health_and_metrics(served: Server) -> None:
         r = c.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples = dict(
-        line.rsplit(" ", 1) for line in r.text.splitlines() if line and not line.startswith("#")
-    )
-    assert int(samples["blockframe_bytes_served_total"]) >= FILES["t1.bin"]
-    assert int(samples['blockframe_http_requests_total{status="200"}']) >= 2
-    for name in ("reads_repaired", "integrity_errors", "shards_repaired"):
-        assert f"blockframe_{name}_total" in samples
+    lines = r.text.splitlines()
+    samples = {k: float(v) for k, v in (x.rsplit(" ", 1) for x in lines if not x.startswith("#"))}
+    assert samples["blockframe_bytes_served_total"] >= FILES["t1.bin"]
+    assert samples['blockframe_http_requests_total{status="200"}'] >= 2
+    assert samples["blockframe_objects"] == len(FILES)
+    for name in ("reads_repaired", "integrity_errors", "shards_repaired", "streams_aborted"):
+        assert samples[f"blockframe_{name}_total"] == 0
+    # Exactly these metrics, under these names (no "_created" series beside the counters).
+    types = dict(x.split()[2:4] for x in lines if x.startswith("# TYPE "))
+    assert types == {
+        "blockframe_bytes_served_total": "counter",
+        "blockframe_reads_repaired_total": "counter",
+        "blockframe_shards_repaired_total": "counter",
+        "blockframe_integrity_errors_total": "counter",
+        "blockframe_streams_aborted_total": "counter",
+        "blockframe_http_requests_total": "counter",
+        "blockframe_objects": "gauge",
+    }
+    assert {k.split("{")[0] for k in samples} == set(types)
 
 
 def test_docs_and_openapi(served: Server) -> None:
@@ -531,7 +543,7 @@ def wait_until(predicate: object, timeout: float = 15) -> None:
 def metric(c: httpx.Client, name: str) -> int:
     for line in c.get("/metrics").text.splitlines():
         if line.startswith(name + " "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))
     raise AssertionError(name)
 
 
@@ -555,8 +567,10 @@ def test_damage_within_parity_is_served_clean_and_repaired(tmp_path: Path) -> No
             assert r.status_code == 206 and r.content == want[5 * BLOCK :]
             wait_until(lambda: seg1.read_bytes() == seg1_clean)
             wait_until(lambda: victim.exists() and victim.read_bytes() == victim_clean)
-            assert metric(c, "blockframe_reads_repaired_total") >= 2
-            wait_until(lambda: metric(c, "blockframe_shards_repaired_total") >= 2)
+            # Two damaged shards, each counted once when a read found it and once when
+            # it was rewritten on disk.
+            assert metric(c, "blockframe_reads_repaired_total") == 2
+            wait_until(lambda: metric(c, "blockframe_shards_repaired_total") == 2)
             # The shard route serves what is on disk, unverified: a missing shard is a 404,
             # a short one gives what exists.
             shard = f"/api/files/dir/sub/t3.bin/shards/{5}/{2}"

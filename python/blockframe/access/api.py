@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from blockframe import _core
+from blockframe.access.tree import NameTree
 from blockframe.archive import Archive, ArchivedObject, Entry, open_archive_at
 from blockframe.config import StorageConfig
 from blockframe.errors import IntegrityError, ReadOnlyError, UsageError
@@ -234,6 +235,11 @@ class BlockFrameArchive:
         """Every usable object, sorted by name (unusable entries are skipped)."""
         entries = self._entries()
         return [FileInfo.from_entry(entries[n]) for n in sorted(entries)]
+
+    def tree(self) -> NameTree:
+        """The usable objects as a directory tree (``a/b`` is the file ``b`` in the
+        directory ``a``); scanned afresh at each call."""
+        return NameTree(self._entries())
 
     def stat(self, name: str) -> FileInfo:
         """The object called ``name``; :class:`blockframe.errors.NotFoundError` if none."""

@@ -25,6 +25,8 @@ from typing import Any
 from fsspec.spec import AbstractFileSystem
 
 from blockframe.access.api import BlockFrameArchive, FileInfo
+from blockframe.access.tree import NameTree, child_path
+from blockframe.archive import Entry
 from blockframe.errors import NotFoundError, UsageError
 
 __all__ = ["BlockFrameFileSystem"]
@@ -64,8 +66,7 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self.archive = BlockFrameArchive(location, token)
         self.listing_ttl = listing_ttl
         self._lock = threading.Lock()
-        self._files: dict[str, FileInfo] | None = None
-        self._dirs: dict[str, set[str]] = {}
+        self._tree: NameTree | None = None
         self._listed = 0.0
 
     @classmethod
@@ -80,28 +81,22 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- the listing ----------------------------------------------------------------------
 
-    def _listing(self, refresh: bool = False) -> tuple[dict[str, FileInfo], dict[str, set[str]]]:
+    def _listing(self, refresh: bool = False) -> NameTree:
         with self._lock:
             stale = time.monotonic() - self._listed > self.listing_ttl
-            if self._files is None or refresh or stale:
-                files = {info.name: info for info in self.archive.list()}
-                dirs: dict[str, set[str]] = {"": set()}
-                for name in files:
-                    parts = name.split("/")
-                    for depth in range(len(parts)):
-                        parent = "/".join(parts[:depth])
-                        dirs.setdefault(parent, set()).add("/".join(parts[: depth + 1]))
-                self._files, self._dirs = files, dirs
+            if self._tree is None or refresh or stale:
+                self._tree = self.archive.tree()
                 self._listed = time.monotonic()
-            return self._files, self._dirs
+            return self._tree
 
     def invalidate_cache(self, path: str | None = None) -> None:
         with self._lock:
-            self._files = None
+            self._tree = None
         super().invalidate_cache(path)
 
     @staticmethod
-    def _file_entry(info: FileInfo) -> dict[str, Any]:
+    def _file_entry(entry: Entry) -> dict[str, Any]:
+        info = FileInfo.from_entry(entry)
         return {
             "name": info.name,
             "size": info.size,
@@ -113,31 +108,35 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
             "created": info.created,
         }
 
-    def _entry(self, path: str, files: dict[str, FileInfo], dirs: dict[str, set[str]]) -> Any:
-        if path in files:
-            return self._file_entry(files[path])
-        if path in dirs:
+    def _entry(self, path: str, tree: NameTree) -> dict[str, Any] | None:
+        entry = tree.file(path)
+        if entry is not None:
+            return self._file_entry(entry)
+        if tree.directory(path) is not None:
             return {"name": path, "size": 0, "type": "directory"}
         return None
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
         for refresh in (False, True):
-            found = self._entry(path, *self._listing(refresh))
+            found = self._entry(path, self._listing(refresh))
             if found is not None:
-                return dict(found)
+                return found
         raise FileNotFoundError(errno.ENOENT, "no such file or directory in the archive", path)
 
     def ls(self, path: str = "", detail: bool = True, **kwargs: Any) -> list[Any]:
         path = self._strip_protocol(path)
         for refresh in (False, True):
-            files, dirs = self._listing(refresh)
-            if path in dirs:
-                entries = [self._entry(child, files, dirs) for child in sorted(dirs[path])]
-                return entries if detail else [e["name"] for e in entries]
-            if path in files:
-                entry = self._file_entry(files[path])
-                return [entry] if detail else [entry["name"]]
+            tree = self._listing(refresh)
+            directory = tree.directory(path)
+            if directory is not None:
+                children = [child_path(path, c) for c in directory.children]
+                if not detail:
+                    return children
+                return [self._entry(child, tree) for child in children]
+            entry = tree.file(path)
+            if entry is not None:
+                return [self._file_entry(entry)] if detail else [path]
         raise FileNotFoundError(errno.ENOENT, "no such file or directory in the archive", path)
 
     # -- reading --------------------------------------------------------------------------
@@ -157,7 +156,7 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
         try:
             return self.archive.open(path, buffer_size=block_size)
         except NotFoundError:
-            if path in self._listing(refresh=True)[1]:
+            if self._listing(refresh=True).directory(path) is not None:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", path) from None
             raise FileNotFoundError(errno.ENOENT, "no such file in the archive", path) from None
         except UsageError as e:

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024
 MAX_THREADS = 16
+UNMOUNT_TIMEOUT = 10  # seconds for one attempt at clearing a stale mount
 _ERRNO: list[tuple[type[BlockFrameError], int]] = [
     (NotFoundError, errno.ENOENT),
     (IsDirectoryError, errno.EISDIR),
@@ -194,20 +196,33 @@ class _FUSE(mfusepy.FUSE):
 
 def _clear_stale(mountpoint: Path) -> None:
     """A FUSE mount whose process died leaves "Transport endpoint is not connected";
-    unmount it so the new mount can take its place."""
+    unmount it so the new mount can take its place. The path is passed as one argument,
+    never through a shell (a mount point may be named anything, quotes and ``$(...)``
+    included), and absolute, so it cannot be read as an option."""
     try:
-        os.stat(mountpoint)
-        return
+        # Opening it asks the dead connection (a stat may be answered from the kernel's
+        # attribute cache for a second after the process died).
+        with os.scandir(mountpoint):
+            return
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             return
     log.warning("%s: clearing a stale mount left by a process that died", mountpoint)
+    target = os.path.abspath(mountpoint)
     for cmd in (["fusermount3", "-uz"], ["fusermount", "-uz"], ["umount", "-l"]):
         try:
-            if os.system(" ".join([*cmd, f"'{mountpoint}'"]) + " 2>/dev/null") == 0:
-                return
-        except OSError:
-            continue
+            done = subprocess.run(
+                [*cmd, target],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=UNMOUNT_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue  # not installed, or hung: try the next way
+        if done.returncode == 0:
+            return
 
 
 def mount(view: ArchiveView, mountpoint: Path, allow_other: bool = False) -> None:

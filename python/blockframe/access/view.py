@@ -1,10 +1,10 @@
 """The archive as a read-only directory tree, free of FUSE, WinFsp or HTTP types.
 
-Object names become paths (``photos/2024/a.jpg`` -> ``/photos/2024/a.jpg``); every prefix
-of a name is a directory. Reads are verified by the core and shards found bad on the way
-are queued for repair on a background thread, so a reader never waits for a repair.
-Errors are raised as :mod:`blockframe.errors` classes; each adapter maps them to its
-platform's codes (errno, NTSTATUS, HTTP status).
+Object names become paths (``photos/2024/a.jpg`` -> ``/photos/2024/a.jpg``) of a
+:class:`~blockframe.access.tree.NameTree`; every prefix of a name is a directory. Reads are
+verified by the core and shards found bad on the way are queued for repair on a background
+thread, so a reader never waits for a repair. Errors are raised as :mod:`blockframe.errors`
+classes; each adapter maps them to its platform's codes (errno, NTSTATUS, HTTP status).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import queue
 import stat
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 from blockframe import _core
+from blockframe.access.tree import NameTree, mtime_ns
 from blockframe.archive import ArchivedObject, Entry, Index
 from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError
 from blockframe.format.names import normalize_path
@@ -45,10 +45,6 @@ class Stat:
         return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
 
 
-def _mtime_ns(entry: Entry) -> int:
-    return int(datetime.fromisoformat(entry.manifest.created).timestamp() * 1_000_000_000)
-
-
 class Source(Protocol):
     """What the view needs of an archive: a local :class:`blockframe.archive.Archive` or a
     :class:`blockframe.remote.RemoteArchive`."""
@@ -66,13 +62,19 @@ class ArchiveView:
 
     ``cache_bytes`` bounds the shared cache of verified chunks. With ``repair`` (the
     default), shards found damaged by reads are rebuilt on disk in the background.
+    ``index``: a scan of ``archive`` just made, to start from (else the view scans).
     """
 
-    def __init__(self, archive: Source, cache_bytes: int = 256 << 20, repair: bool = True):
+    def __init__(
+        self,
+        archive: Source,
+        cache_bytes: int = 256 << 20,
+        repair: bool = True,
+        index: Index | None = None,
+    ) -> None:
         self.archive = archive
         self.cache = _core.Cache(cache_bytes)
-        self._files: dict[str, Entry] = {}
-        self._dirs: dict[str, dict[str, bool]] = {"/": {}}
+        self.tree = NameTree()
         self._objects: dict[str, ArchivedObject] = {}
         self._handles: dict[int, ArchivedObject] = {}
         self._next_handle = itertools.count(1)
@@ -83,81 +85,66 @@ class ArchiveView:
         if repair:
             self._worker = threading.Thread(target=self._repair_loop, name="repair", daemon=True)
             self._worker.start()
-        self.refresh()
+        self.refresh(index)
 
     # -- tree -----------------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Re-read the archive index (new commits appear, removed objects disappear)."""
-        index = self.archive.scan()
-        files: dict[str, Entry] = {}
-        dirs: dict[str, dict[str, bool]] = {"/": {}}
-        for name, entry in sorted(index.entries.items()):
-            parts = name.split("/")
-            parent = "/"
-            for part in parts[:-1]:
-                here = f"{parent.rstrip('/')}/{part}"
-                dirs.setdefault(parent, {})[part] = True
-                dirs.setdefault(here, {})
-                parent = here
-            dirs.setdefault(parent, {}).setdefault(parts[-1], False)
-            files["/" + name] = entry
-        for path in [p for p in files if p in dirs]:
-            # "a" and "a/b" both committed: the directory wins so "a/b" stays reachable.
-            log.warning("%s is both a file and a directory; the file is hidden", path)
-            del files[path]
+    def refresh(self, index: Index | None = None) -> NameTree:
+        """Re-read the archive index, or take ``index``, a scan just made (new commits
+        appear, removed objects disappear). Returns the new tree."""
+        if index is None:
+            index = self.archive.scan()
+        tree = NameTree(index.entries)
+        for name in tree.hidden:
+            log.warning("/%s is both a file and a directory; the file is hidden", name)
         for problem in index.problems:
             log.warning("skipped %s: %s", problem.path, problem.reason)
         with self._lock:
-            self._files = files
-            self._dirs = dirs
-            self._objects = {p: o for p, o in self._objects.items() if files.get(p) is o.entry}
+            self.tree = tree
+            self._objects = {p: o for p, o in self._objects.items() if tree.file(p) is o.entry}
+        return tree
 
     def stat(self, path: str) -> Stat:
-        path = normalize_path(path)
-        entry = self._files.get(path)
+        tree = self.tree
+        key = normalize_path(path)[1:]
+        entry = tree.file(key)
         if entry is not None:
-            return Stat(False, entry.manifest.size, _mtime_ns(entry), 1)
-        children = self._dirs.get(path)
-        if children is None:
-            raise NotFoundError(f"{path}: no such file or directory")
-        subdirs = sum(1 for is_dir in children.values() if is_dir)
-        return Stat(True, 0, self._dir_mtime(path), 2 + subdirs)
-
-    def _dir_mtime(self, path: str) -> int:
-        prefix = "/" if path == "/" else path + "/"
-        times = [_mtime_ns(e) for p, e in self._files.items() if p.startswith(prefix)]
-        return max(times, default=0)
+            return Stat(False, entry.manifest.size, mtime_ns(entry), 1)
+        directory = tree.directory(key)
+        if directory is None:
+            raise NotFoundError(f"/{key}: no such file or directory")
+        return Stat(True, 0, directory.mtime_ns, 2 + directory.subdirs)
 
     def listdir(self, path: str) -> list[str]:
-        path = normalize_path(path)
-        children = self._dirs.get(path)
-        if children is None:
-            if path in self._files:
-                raise NotDirectoryError(f"{path}: not a directory")
-            raise NotFoundError(f"{path}: no such file or directory")
-        return sorted(children)
+        tree = self.tree
+        key = normalize_path(path)[1:]
+        directory = tree.directory(key)
+        if directory is None:
+            if tree.file(key) is not None:
+                raise NotDirectoryError(f"/{key}: not a directory")
+            raise NotFoundError(f"/{key}: no such file or directory")
+        return list(directory.children)
 
     def totals(self) -> tuple[int, int]:
         """(number of files, total bytes)."""
-        files = list(self._files.values())
-        return len(files), sum(e.manifest.size for e in files)
+        tree = self.tree
+        return len(tree), tree.size
 
     # -- files ----------------------------------------------------------------------------
 
     def _object(self, path: str) -> ArchivedObject:
-        path = normalize_path(path)
+        key = normalize_path(path)[1:]
         with self._lock:
-            obj = self._objects.get(path)
+            obj = self._objects.get(key)
             if obj is not None:
                 return obj
-            entry = self._files.get(path)
+            entry = self.tree.file(key)
             if entry is None:
-                if path in self._dirs:
-                    raise IsDirectoryError(f"{path}: is a directory")
-                raise NotFoundError(f"{path}: no such file or directory")
+                if self.tree.directory(key) is not None:
+                    raise IsDirectoryError(f"/{key}: is a directory")
+                raise NotFoundError(f"/{key}: no such file or directory")
             obj = self.archive.open_object(entry, self.cache)
-            self._objects[path] = obj
+            self._objects[key] = obj
             return obj
 
     def open(self, path: str) -> int:
@@ -169,6 +156,10 @@ class ArchiveView:
 
     def release(self, handle: int) -> None:
         self._handles.pop(handle, None)
+
+    def entry(self, handle: int) -> Entry:
+        """The object an open handle reads."""
+        return self._by_handle(handle).entry
 
     def _by_handle(self, handle: int) -> ArchivedObject:
         obj = self._handles.get(handle)
@@ -189,14 +180,6 @@ class ArchiveView:
         obj = self._by_handle(handle)
         try:
             return obj.read_into(buffer, offset)
-        finally:
-            self._queue_repair(obj)
-
-    def read_path(self, path: str, offset: int, size: int) -> bytes:
-        """Verified bytes of ``path`` without an open handle (for the HTTP server)."""
-        obj = self._object(path)
-        try:
-            return obj.read(offset, size)
         finally:
             self._queue_repair(obj)
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from blockframe import _core
+from blockframe import _core, metrics
 from blockframe.archive.entry import Entry, Progress
 from blockframe.errors import IntegrityError, UsageError
 from blockframe.format.manifest import Manifest, Shard
@@ -25,7 +25,7 @@ class ArchivedObject:
     """Verified random access to one object (every byte returned matches the manifest).
 
     Shards found bad during reads are remembered in :attr:`damaged`; :meth:`repair` rebuilds
-    them on disk.
+    them on disk. Both are counted in :mod:`blockframe.metrics`.
     """
 
     def __init__(
@@ -49,6 +49,7 @@ class ArchivedObject:
         for stripe, shard, damage in bad:
             if (stripe, shard) not in self.damaged:
                 log.warning("%s: %s is %s", self.entry.name, self.shard(stripe, shard).path, damage)
+                metrics.reads_repaired.inc()
             self.damaged[(stripe, shard)] = damage
 
     def read(self, offset: int, size: int) -> bytes:
@@ -115,6 +116,7 @@ class ArchivedObject:
             self.damaged.pop((stripe, shard), None)
             if chunks:
                 log.warning("%s: repaired %s (%s)", self.entry.name, path, damage)
+                metrics.shards_repaired.inc()
                 repaired.append(f"{path} ({damage})")
             for s2, sh2, d2 in more:
                 if (s2, sh2) not in self.damaged:
