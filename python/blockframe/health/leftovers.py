@@ -17,8 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from blockframe.archive.directory import kind_of
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
-from blockframe.health.plan import Clock, Options, kind_of
+from blockframe.health.plan import Clock, Options
 from blockframe.health.report import HealthReport, Leftover, Stray
 from blockframe.storage import Volume
 from blockframe.storage.volumes import VolumeSet
