@@ -34,7 +34,7 @@ from blockframe.archive.directory import load_dir
 from blockframe.archive.entry import check_dirname
 from blockframe.archive.reader import core_object
 from blockframe.errors import ManifestError, UsageError
-from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest, Shard, Stripe
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.health.leftovers import Housekeeper
 from blockframe.health.plan import Clock, Options, Plan, make_plan
 from blockframe.health.report import (
@@ -45,9 +45,9 @@ from blockframe.health.report import (
     Skipped,
 )
 from blockframe.health.state import STATE_DIR, STATE_FILE, Freshness, LastScrub, State
-from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose
+from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose, replace_lost
 
-__all__ = ["Health", "replace_lost", "scrub"]
+__all__ = ["Health", "scrub"]
 
 Progress = Callable[[int], None]
 
@@ -392,28 +392,6 @@ class Health:
                         obj.lost.append(
                             LostRange(a, a + min(chunk, size - c * chunk), left[c] - m_par)
                         )
-
-
-def replace_lost(m: Manifest, present: set[int]) -> Manifest:
-    """``m`` with every shard of an absent volume given to a present one: per stripe, the
-    present volume holding the fewest shards of it (ties: rotating with the stripe)."""
-    order = sorted(present)
-    stripes = []
-    for si, st in enumerate(m.stripes):
-        counts = {v: 0 for v in order}
-        for sh in st.shards:
-            if sh.volume in counts:
-                counts[sh.volume] += 1
-        shards = []
-        for sh in st.shards:
-            if sh.volume not in counts:
-                v = min(order, key=lambda v: (counts[v], (order.index(v) - si) % len(order)))
-                counts[v] += 1
-                sh = Shard(sh.path, sh.size, sh.hashes, v)
-            shards.append(sh)
-        k = len(st.data)
-        stripes.append(Stripe(tuple(shards[:k]), tuple(shards[k:])))
-    return dataclasses.replace(m, stripes=tuple(stripes))
 
 
 def _data_starts(m: Manifest) -> list[list[int]]:

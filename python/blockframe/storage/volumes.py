@@ -34,6 +34,8 @@ from blockframe.format.manifest import (
     REPLICA,
     Loaded,
     Manifest,
+    Shard,
+    Stripe,
     load_from,
 )
 from blockframe.storage import Volume, open_volume
@@ -86,6 +88,28 @@ def can_lose(m: Manifest, absent: Iterable[int] = (), bad: Sequence[int] | None 
             t += 1
         worst = t if worst is None else min(worst, t)
     return worst or 0
+
+
+def replace_lost(m: Manifest, present: set[int]) -> Manifest:
+    """``m`` with every shard of an absent volume given to a present one: per stripe, the
+    present volume holding the fewest shards of it (ties: rotating with the stripe)."""
+    order = sorted(present)
+    stripes = []
+    for si, st in enumerate(m.stripes):
+        counts = {v: 0 for v in order}
+        for sh in st.shards:
+            if sh.volume in counts:
+                counts[sh.volume] += 1
+        shards = []
+        for sh in st.shards:
+            if sh.volume not in counts:
+                v = min(order, key=lambda v: (counts[v], (order.index(v) - si) % len(order)))
+                counts[v] += 1
+                sh = Shard(sh.path, sh.size, sh.hashes, v)
+            shards.append(sh)
+        k = len(st.data)
+        stripes.append(Stripe(tuple(shards[:k]), tuple(shards[k:])))
+    return replace(m, stripes=tuple(stripes))
 
 
 @dataclass
