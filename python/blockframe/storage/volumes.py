@@ -153,6 +153,7 @@ class VolumeSet:
                 "archive": self.archive_id,
                 "index": i,
             }
+            _check_label_dir(vol)
             try:
                 vol.write(LABEL, (json.dumps(doc, indent=1) + "\n").encode())
             except OSError as e:
@@ -336,7 +337,16 @@ class IncompleteError(ManifestError):
     """An object directory whose commit (or removal) has not finished."""
 
 
+def _check_label_dir(vol: Volume) -> None:
+    """Refuse a local volume whose ``.blockframe`` is a symbolic link: the label would be
+    read from, and written to, wherever it points (and health's state with it)."""
+    local = vol.local_path(LABEL.partition("/")[0])
+    if local is not None and local.is_symlink():
+        raise ArchiveError(f"{local} is a symbolic link, not followed")
+
+
 def _read_label(vol: Volume) -> dict[str, object] | None:
+    _check_label_dir(vol)
     try:
         raw = vol.read(LABEL)
     except OSError as e:
