@@ -620,6 +620,37 @@ def test_unusable_state_file_is_replaced(env: Env) -> None:
     assert not [p for p in (env.archive_dir / ".blockframe").iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.parametrize("planted", [".blockframe", ".blockframe/lock", ".blockframe/state.json"])
+def test_planted_symlinks_never_take_health_outside_the_archive(env: Env, planted: str) -> None:
+    """Whoever can write into the archive must not make health write anywhere else: a
+    symbolic link where its state directory or files belong is never followed."""
+    commit_tiers(env)
+    outside = env.root / "outside"
+    outside.mkdir()
+    (outside / "state.json").write_bytes(b"someone else's file")
+    state_dir = env.archive_dir / ".blockframe"
+    if planted == ".blockframe":
+        state_dir.symlink_to(outside, target_is_directory=True)
+    else:
+        state_dir.mkdir()
+        (env.archive_dir / planted).symlink_to(outside / Path(planted).name)
+    before = contents(outside)
+
+    code, doc = health(env)
+    assert code == 0 and {o["status"] for o in doc["objects"]} == {"healthy"}
+    assert contents(outside) == before  # nothing written, created or removed out there
+    assert sorted(os.listdir(outside)) == ["state.json"]
+    if planted == ".blockframe/state.json":
+        # The link is replaced by the archive's own state file; its target is untouched.
+        assert not (env.archive_dir / planted).is_symlink()
+        assert len(read_state(env)) == 3
+    else:
+        assert any("symbolic link" in n for n in doc["notes"]), doc["notes"]
+        assert (env.archive_dir / planted).is_symlink()
+        if planted == ".blockframe/lock":
+            assert sorted(os.listdir(state_dir)) == ["lock"]  # no state written beside it
+
+
 class FakeClock:
     """Time that passes only as bytes are verified: ``seconds_per_byte`` per byte reported
     through the progress callback. Each run starts where the last one ended."""

@@ -335,6 +335,22 @@ def test_volume_of_an_archive_is_not_a_plain_archive(four: Vols) -> None:
     assert r.returncode == 2
 
 
+def test_a_planted_label_directory_link_is_never_followed(four: Vols) -> None:
+    # `.blockframe` of the first volume holds its label and health's state: a symbolic link
+    # there must not make the volume look unlabelled, nor health write a label or its
+    # state wherever the link points.
+    outside = four.root / "outside"
+    outside.mkdir()
+    state_dir = four.vols[0] / ".blockframe"
+    shutil.rmtree(state_dir)
+    state_dir.symlink_to(outside, target_is_directory=True)
+    r = four.run("health", "--json")
+    assert r.returncode == 1
+    assert b"symbolic link" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert list(outside.iterdir()) == []
+    assert state_dir.is_symlink()
+
+
 def test_volumes_of_different_archives_are_refused(tmp_path: Path) -> None:
     a, b = Vols(tmp_path / "a", 2), Vols(tmp_path / "b", 2)
     a.commit_all()

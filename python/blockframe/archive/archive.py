@@ -8,6 +8,7 @@ replace, and which of two copies of a name wins.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -16,7 +17,15 @@ from typing import BinaryIO, Protocol
 from blockframe import _core
 from blockframe.archive.commit import check_manifest_fits, check_source, hash_file
 from blockframe.archive.directory import DirectoryBackend
-from blockframe.archive.entry import CommitResult, Entry, Index, Problem, Progress, RestoreReport
+from blockframe.archive.entry import (
+    CommitResult,
+    Entry,
+    Index,
+    Listing,
+    Problem,
+    Progress,
+    RestoreReport,
+)
 from blockframe.archive.reader import ArchivedObject
 from blockframe.config import Config, S3Config, StorageConfig, check_storage, is_url
 from blockframe.errors import (
@@ -26,8 +35,11 @@ from blockframe.errors import (
     NotFoundError,
     SourceError,
 )
+from blockframe.format.manifest import Manifest
 from blockframe.format.names import ID_LEN, dirname_prefix, validate_name
 from blockframe.storage.volumes import VolumeSet
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -52,9 +64,16 @@ class Backend(Protocol):
 
     def exists(self) -> bool: ...
 
-    def names(self) -> list[str]: ...
+    # The entries whose names pass ``only`` (all when None), sorted out: objects, strays,
+    # left-overs. The rules for what is an object directory live here and nowhere else.
+    def listing(self, only: Callable[[str], bool] | None = None) -> Listing: ...
 
+    # The entry of a top-level name (None: not a directory, in one directory), its manifest
+    # checked and restored; ManifestError or OSError when it is not a usable object.
     def load(self, dirname: str) -> Entry | None: ...
+
+    # The manifest of an object directory, changing and checking nothing.
+    def peek(self, dirname: str) -> Manifest: ...
 
     def prepare(self) -> None: ...
 
@@ -109,7 +128,14 @@ class Archive:
     def scan(self) -> Index:
         """Load every object's manifest. Bad entries (stray files and directories, damaged
         manifests, names that do not match) are recorded in ``problems`` and skipped."""
-        return self._index(d for d in self.backend.names() if not d.startswith("."))
+        # Strays are loaded too, so that each is reported with what is wrong with it.
+        return self._index(self._listing().top())
+
+    def _listing(self, only: Callable[[str], bool] | None = None) -> Listing:
+        listing = self.backend.listing(only)
+        for why in listing.unlisted:
+            log.warning("%s", why)
+        return listing
 
     def _index(self, dirnames: Iterable[str]) -> Index:
         index = Index()
@@ -126,12 +152,8 @@ class Archive:
         """The object called ``name``, loading only the manifests of directories whose
         name could hold it (not the whole archive)."""
         prefix = dirname_prefix(name)
-        candidates = [
-            d
-            for d in self.backend.names()
-            if d.startswith(prefix) and len(d) == len(prefix) + ID_LEN
-        ]
-        return self._index(candidates).entries.get(name)
+        listing = self._listing(lambda d: d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
+        return self._index(listing.objects).entries.get(name)
 
     def get(self, name: str) -> Entry:
         """Like :meth:`find`, but a missing name is a NotFoundError."""

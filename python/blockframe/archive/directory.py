@@ -7,6 +7,9 @@ Layout (see FORMAT.md)::
     <archive>/.staging/<random>/      commits in progress (invisible until renamed)
     <archive>/.trash/<random>/        replaced objects on their way out
 
+:func:`list_dir` sorts out the entries of such a directory (or of a local volume): which
+are objects, which are strays, which are left-overs of ours. Every reader lists through it.
+
 Commit order (DESIGN §5): shards are written and fsynced in a staging directory, the
 manifest and replica are written and fsynced last, the directory is renamed into place and
 the archive directory fsynced. A crash leaves either nothing visible or a complete object.
@@ -15,23 +18,116 @@ the archive directory fsynced. A crash leaves either nothing visible or a comple
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from blockframe import _core
 from blockframe.archive.commit import Progress, build_manifest, commit_errors, removing
-from blockframe.archive.entry import Entry, accept
+from blockframe.archive.entry import (
+    Entry,
+    FileKind,
+    LeftoverEntry,
+    Listing,
+    StrayEntry,
+    accept,
+)
 from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, ConflictError
 from blockframe.format import layout
-from blockframe.format.manifest import MANIFEST, REPLICA, Loaded, load_from
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Loaded, Manifest, load_from
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import atomic_write, fsync_dir, write_new
 
 STAGING = ".staging"
 TRASH = ".trash"
+
+# Which top-level names to list (all when None).
+Only = Callable[[str], bool] | None
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_OBJECT_DIR = re.compile(r".+_[0-9a-f]{16}")
+_SHARD_LAYOUT = ("data.dat", "segments", "blocks", "parity")
+
+
+def kind_of(mode: int) -> FileKind:
+    """What an entry is, from its ``lstat`` mode."""
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def is_object_dir(path: Path) -> bool:
+    """Whether directory ``path`` is an object's: it holds a manifest copy or a commit
+    marker, or it is named ``<name>_<16 hex>`` and holds our shard layout (DESIGN §5). An
+    object that lost both manifest copies is still an object (reported unusable, never
+    passed over as a stray)."""
+    if any(os.path.lexists(path / f) for f in (MANIFEST, REPLICA, COMMITTING)):
+        return True
+    return bool(_OBJECT_DIR.fullmatch(path.name)) and any(
+        os.path.lexists(path / part) for part in _SHARD_LAYOUT
+    )
+
+
+def list_dir(root: Path, volume: Path | None = None, only: Only = None) -> Listing:
+    """Sort out the entries of archive (or local volume) directory ``root`` whose names
+    pass ``only``: object directories, strays, and the children of ``.staging`` and
+    ``.trash`` (``<32 hex>`` directories are left-overs of ours, anything else a stray).
+    Entries found are named relative to ``root``, on ``volume`` (None: the archive)."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted((e for e in it if only is None or only(e.name)), key=lambda e: e.name)
+    except OSError as e:
+        raise ArchiveError(f"{root}: cannot list archive: {e.strerror}") from None
+    out = Listing(roots=[root])
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            if name in (STAGING, TRASH):
+                _housekeeping(out, root, name, volume)
+            continue  # other hidden entries (ours: .blockframe) are not objects
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError:
+            continue  # vanished while listing
+        if not stat.S_ISDIR(mode):
+            out.strays.append(StrayEntry(name, volume, kind_of(mode)))
+        elif is_object_dir(root / name):
+            out.objects.append(name)
+        else:
+            out.strays.append(StrayEntry(name, volume, "directory"))
+    return out
+
+
+def _housekeeping(out: Listing, root: Path, name: str, volume: Path | None) -> None:
+    top = root / name
+    try:
+        mode = os.lstat(top).st_mode
+        children = sorted(os.listdir(top)) if stat.S_ISDIR(mode) else None
+    except OSError:
+        return
+    if children is None:
+        out.strays.append(StrayEntry(name, volume, kind_of(mode)))
+        return
+    kind: Literal["staging", "trash"] = "staging" if name == STAGING else "trash"
+    for child in children:
+        rel = f"{name}/{child}"
+        try:
+            cmode = os.lstat(top / child).st_mode
+        except OSError:
+            continue
+        if _HEX32.fullmatch(child) and stat.S_ISDIR(cmode):
+            out.leftovers.append(LeftoverEntry(rel, volume, kind))
+        else:
+            out.strays.append(StrayEntry(rel, volume, kind_of(cmode)))
 
 
 def load_dir(obj_dir: Path, repair: bool = True) -> Loaded:
@@ -93,13 +189,14 @@ class DirectoryBackend:
     def exists(self) -> bool:
         return self.root.is_dir()
 
-    def names(self) -> list[str]:
-        """Sorted entries of the archive directory (hidden ones included)."""
+    def listing(self, only: Only = None) -> Listing:
+        """The entries of the archive directory whose names pass ``only``, sorted out."""
         self.check()
-        try:
-            return sorted(os.listdir(self.root))
-        except OSError as e:
-            raise ArchiveError(f"{self.root}: cannot list archive: {e.strerror}") from None
+        return list_dir(self.root, None, only)
+
+    def peek(self, dirname: str) -> Manifest:
+        """The manifest of object directory ``dirname``, changing and checking nothing."""
+        return load_dir(self.root / dirname, repair=False).manifest
 
     def load(self, dirname: str) -> Entry | None:
         """The entry of one top-level name; None when it is not an object directory."""

@@ -1,5 +1,6 @@
-"""What an archive holds, as its readers see it: entries (usable objects), the index of a
-scan, and the results of commit and restore."""
+"""What an archive holds, as its readers see it: the listing of its entries (objects,
+strays, left-overs), entries (usable objects), the index of a scan, and the results of
+commit and restore."""
 
 from __future__ import annotations
 
@@ -20,6 +21,64 @@ log = logging.getLogger(__name__)
 
 # Called with the bytes done so far by long operations (a progress bar).
 Progress = Callable[[int], None]
+
+# What a directory entry is, checked without following symbolic links.
+FileKind = Literal["file", "directory", "symlink", "other"]
+
+
+@dataclass(frozen=True)
+class Found:
+    """An entry of the archive, or of one of its local volumes, that is not an object."""
+
+    name: str  # relative to the archive (or volume): "notes.txt", ".staging/<32 hex>"
+    volume: Path | None  # the local volume holding it; None for a one-directory archive
+
+    @property
+    def path(self) -> str:
+        """How reports name it: relative to the archive, or the full path on a volume."""
+        return self.name if self.volume is None else f"{self.volume}/{self.name}"
+
+
+@dataclass(frozen=True)
+class StrayEntry(Found):
+    """Neither an object directory nor ours: reported, never removed (FORMAT.md §3)."""
+
+    kind: FileKind
+
+
+@dataclass(frozen=True)
+class LeftoverEntry(Found):
+    """A ``.staging`` or ``.trash`` entry that an interrupted commit or replace of ours
+    left (FORMAT.md §15)."""
+
+    kind: Literal["staging", "trash"]
+
+
+@dataclass
+class Listing:
+    """The entries of an archive sorted out, the one place the rules for that live (a
+    backend's ``listing``): object directories, usable or not; what is not an object
+    (strays); what interrupted operations left in ``.staging`` and ``.trash``. Other
+    hidden entries (``.blockframe``) are housekeeping and not listed."""
+
+    objects: list[str] = field(default_factory=list)  # object directory names, sorted
+    strays: list[StrayEntry] = field(default_factory=list)
+    leftovers: list[LeftoverEntry] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # the local directories listed
+    unlisted: list[str] = field(default_factory=list)  # volumes that could not be listed: why
+
+    def top(self) -> list[str]:
+        """Every top-level name readers report on: the objects and the strays beside
+        them (not those in ``.staging``), sorted and each once."""
+        strays = {s.name for s in self.strays if not s.name.startswith(".")}
+        return sorted(set(self.objects) | strays)
+
+
+def newest_first(copies: Iterable[tuple[str, str]]) -> list[str]:
+    """Directories holding copies of one name, as ``(created, dirname)``, the one that
+    wins first (FORMAT.md §11): the greater ``created`` (the timestamps all have one form,
+    so string order is time order), then the greater directory name."""
+    return [d for _, d in sorted(copies, reverse=True)]
 
 
 @dataclass(frozen=True)
@@ -93,11 +152,10 @@ class Index:
             return
         other = self.entries.get(entry.name)
         if other is not None:
-            newer, older = sorted((entry, other), key=lambda e: e.manifest.created, reverse=True)
-            self.problems.append(
-                Problem(older.dirname, f"older copy of {entry.name!r} (superseded)")
-            )
-            entry = newer
+            both = {e.dirname: e for e in (entry, other)}
+            newer, older = newest_first((e.manifest.created, e.dirname) for e in both.values())
+            self.problems.append(Problem(older, f"older copy of {entry.name!r} (superseded)"))
+            entry = both[newer]
         self.entries[entry.name] = entry
 
 

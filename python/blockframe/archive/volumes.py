@@ -29,12 +29,12 @@ from blockframe.archive.commit import (
     hash_file,
     removing,
 )
-from blockframe.archive.directory import STAGING, discard_dir
-from blockframe.archive.entry import Entry, accept
+from blockframe.archive.directory import STAGING, Only, discard_dir, list_dir
+from blockframe.archive.entry import Entry, Listing, accept
 from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, ConflictError, SourceError
 from blockframe.format import layout
-from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA
+from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import fsync_dir, write_new
 from blockframe.storage.volumes import VolumeSet, adapted_storage, place
@@ -79,16 +79,42 @@ class VolumeBackend:
         if not self.volumes.present:
             raise ArchiveError(self.volumes.none_present())
 
-    def names(self) -> list[str]:
-        """Sorted top-level names on any present volume."""
+    def listing(self, only: Only = None) -> Listing:
+        """The entries of every present volume whose names pass ``only``, sorted out: an
+        object directory on any volume is the object's (on another volume it may hold
+        nothing recognisable: its only shard there and its manifest copies lost). Local
+        volumes are sorted out like an archive directory; in a bucket every top-level name
+        but the hidden ones is taken for an object. A volume that cannot be listed is
+        named in ``unlisted``."""
         self.check()
-        names: set[str] = set()
+        out = Listing()
+        objects: set[str] = set()
         for _, vol in self.volumes.present_volumes():
+            local = vol.local_path()
+            if local is not None:
+                try:
+                    found = list_dir(local, local, only)
+                except ArchiveError as e:
+                    out.unlisted.append(str(e))
+                    continue
+                out.roots.append(local)
+                objects.update(found.objects)
+                out.strays += found.strays
+                out.leftovers += found.leftovers
+                continue
             try:
-                names.update(vol.listdir())
+                names = vol.listdir()
             except OSError as e:
-                log.warning("%s: cannot list volume: %s", vol.location, e)
-        return sorted(names)
+                out.unlisted.append(f"{vol.location}: cannot list volume: {e}")
+                continue
+            objects.update(n for n in names if not n.startswith(".") and (only is None or only(n)))
+        out.strays = [s for s in out.strays if s.name not in objects]
+        out.objects = sorted(objects)
+        return out
+
+    def peek(self, dirname: str) -> Manifest:
+        """The manifest of object directory ``dirname``, changing and checking nothing."""
+        return self.volumes.load_manifest(dirname, "none").manifest
 
     def load(self, dirname: str) -> Entry | None:
         """The entry of object directory ``dirname``, from the first good manifest copy."""

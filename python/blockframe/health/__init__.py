@@ -1,8 +1,11 @@
-"""``blockframe health``: scrub, repair and report a whole archive (:mod:`.scrub`), with
-its freshness state (:mod:`.state`) and report (:mod:`.report`)."""
+"""``blockframe health``: scrub, repair and report a whole archive. A run is planned
+(:mod:`.plan`: what is listed, selected and skipped), then run (:mod:`.scrub`), removing
+what interrupted operations left (:mod:`.leftovers`), with its freshness state
+(:mod:`.state`) and report (:mod:`.report`)."""
 
+from blockframe.health.plan import Options, Plan, parse_duration
 from blockframe.health.report import HealthReport, print_report, report_schema
-from blockframe.health.scrub import Health, Options, Plan, parse_duration, scrub
+from blockframe.health.scrub import Health, scrub
 from blockframe.health.state import State
 
 __all__ = [

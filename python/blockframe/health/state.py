@@ -1,12 +1,19 @@
 """Health's freshness state: ``<archive>/.blockframe/state.json`` remembers, per object
 directory, when it was last fully verified, whether damage remained, where an interrupted
-scrub stopped, and how the latest scrub ended."""
+scrub stopped, and how the latest scrub ended.
+
+Whoever can write into the archive could plant a symbolic link at ``.blockframe`` (or at a
+file in it) to make health write elsewhere: ``.blockframe`` is used only if it is a real
+directory, its lock and state file are opened without following links, and the state file
+is replaced through a new temporary file (never written through an existing name)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +28,9 @@ STATE_DIR = ".blockframe"
 STATE_FILE = "state.json"
 STATE_FORMAT = "blockframe-health-state"
 STATE_VERSION = 1
+
+# Opening a file never follows a link at its name (where the platform can say so).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _from_iso(value: object) -> float | None:
@@ -114,11 +124,20 @@ class State:
         """The entries, and a problem if the file exists but cannot be used (then every
         object counts as never verified; the file is rewritten on the next save)."""
         try:
-            raw = self.path.read_bytes()
+            self._check_dir()
         except FileNotFoundError:
             return {}, None
         except OSError as e:
-            return {}, f"{STATE_DIR}/{STATE_FILE}: unreadable ({e.strerror})"
+            return {}, f"{e} (freshness state not read)"
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
+            with open(fd, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as e:
+            why = "a symbolic link, not followed" if e.errno == errno.ELOOP else e.strerror
+            return {}, f"{STATE_DIR}/{STATE_FILE}: unreadable ({why})"
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, ValueError, RecursionError):
@@ -133,24 +152,50 @@ class State:
         objects: dict[str, Any] = doc["objects"]
         return {k: Freshness.from_dict(v) for k, v in objects.items()}, None
 
+    def _check_dir(self) -> None:
+        """An OSError unless ``.blockframe`` is a real directory (FileNotFoundError when
+        there is none)."""
+        mode = os.lstat(self.dir).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(f"{STATE_DIR} is a symbolic link, not followed")
+        if not stat.S_ISDIR(mode):
+            raise OSError(f"{STATE_DIR} is not a directory")
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Create ``.blockframe`` if need be and hold its lock, never through a link."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.dir)
+        self._check_dir()
         if sys.platform == "win32":
             yield
             return
         import fcntl
 
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # Opened as checked: the directory itself (not a link planted since) holds the lock.
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise OSError(f"{STATE_DIR}/lock is a symbolic link, not followed") from None
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # The state file is written by path: it must still lead to this directory.
+                if not os.path.samestat(os.fstat(dfd), os.lstat(self.dir)):
+                    raise OSError(f"{STATE_DIR} was replaced while health ran")
+                yield
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            os.close(dfd)
 
     def save(self, updates: dict[str, Freshness], present: set[str]) -> None:
         """Merge ``updates`` into the file; entries of object directories that no longer
-        exist are dropped."""
-        self.dir.mkdir(exist_ok=True)
+        exist are dropped. An OSError (nothing written) if ``.blockframe`` or its lock is
+        not what health makes there."""
         with self._locked():
             entries, _ = self.load()
             for k, new in updates.items():

@@ -34,6 +34,8 @@ from blockframe.format.manifest import (
     REPLICA,
     Loaded,
     Manifest,
+    Shard,
+    Stripe,
     load_from,
 )
 from blockframe.storage import Volume, open_volume
@@ -88,6 +90,28 @@ def can_lose(m: Manifest, absent: Iterable[int] = (), bad: Sequence[int] | None 
     return worst or 0
 
 
+def replace_lost(m: Manifest, present: set[int]) -> Manifest:
+    """``m`` with every shard of an absent volume given to a present one: per stripe, the
+    present volume holding the fewest shards of it (ties: rotating with the stripe)."""
+    order = sorted(present)
+    stripes = []
+    for si, st in enumerate(m.stripes):
+        counts = {v: 0 for v in order}
+        for sh in st.shards:
+            if sh.volume in counts:
+                counts[sh.volume] += 1
+        shards = []
+        for sh in st.shards:
+            if sh.volume not in counts:
+                v = min(order, key=lambda v: (counts[v], (order.index(v) - si) % len(order)))
+                counts[v] += 1
+                sh = Shard(sh.path, sh.size, sh.hashes, v)
+            shards.append(sh)
+        k = len(st.data)
+        stripes.append(Stripe(tuple(shards[:k]), tuple(shards[k:])))
+    return replace(m, stripes=tuple(stripes))
+
+
 @dataclass
 class VolumeSet:
     """The volumes of an archive, by index. ``slots`` holds every configured volume
@@ -129,6 +153,7 @@ class VolumeSet:
                 "archive": self.archive_id,
                 "index": i,
             }
+            _check_label_dir(vol)
             try:
                 vol.write(LABEL, (json.dumps(doc, indent=1) + "\n").encode())
             except OSError as e:
@@ -312,7 +337,16 @@ class IncompleteError(ManifestError):
     """An object directory whose commit (or removal) has not finished."""
 
 
+def _check_label_dir(vol: Volume) -> None:
+    """Refuse a local volume whose ``.blockframe`` is a symbolic link: the label would be
+    read from, and written to, wherever it points (and health's state with it)."""
+    local = vol.local_path(LABEL.partition("/")[0])
+    if local is not None and local.is_symlink():
+        raise ArchiveError(f"{local} is a symbolic link, not followed")
+
+
 def _read_label(vol: Volume) -> dict[str, object] | None:
+    _check_label_dir(vol)
     try:
         raw = vol.read(LABEL)
     except OSError as e:
