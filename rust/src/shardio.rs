@@ -8,49 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoContext, Result};
 
-/// Bytes `[start, end)` of a shard file, zero-filled past what the file holds.
-pub struct RangeRead {
-    pub buf: Vec<u8>,
-    /// How many bytes from `start` were actually read from the file.
-    pub avail: usize,
-    /// Why fewer bytes than asked were read, when that happened.
-    pub problem: Option<Problem>,
-}
-
 /// What kept a range from being read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     Missing,
     Short,
     Unreadable,
-}
-
-/// Read `[start, end)` of `path`; never fails: a missing, short or unreadable file yields
-/// zeros with `avail` and `problem` saying so, and the caller's hash check rejects them.
-pub fn read_range(path: &Path, start: u64, end: u64) -> RangeRead {
-    let want = (end - start) as usize;
-    let mut buf = vec![0u8; want];
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            let problem = if e.kind() == io::ErrorKind::NotFound {
-                Problem::Missing
-            } else {
-                Problem::Unreadable
-            };
-            return RangeRead {
-                buf,
-                avail: 0,
-                problem: Some(problem),
-            };
-        }
-    };
-    let (avail, problem) = read_full_at(&file, &mut buf, start);
-    RangeRead {
-        buf,
-        avail,
-        problem,
-    }
 }
 
 /// Read `path` from `start` into `buf` (zero-filled past what the file holds): how many
