@@ -17,9 +17,8 @@ pub use error::{Error, Result};
 #[cfg(feature = "python")]
 mod python {
     use std::path::PathBuf;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use pyo3::buffer::PyBuffer;
     use pyo3::create_exception;
@@ -29,7 +28,7 @@ mod python {
 
     use crate::cache::ChunkCache;
     use crate::commit::{PlanParity, PlanShard, PlanStripe, Progress};
-    use crate::error::Error;
+    use crate::error::{catch_panic, Error};
     use crate::hashing::{self, Hash};
     use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
     use crate::reader::{BadShard, Reader};
@@ -251,7 +250,7 @@ mod python {
             }
             let mut bad = Vec::new();
             let bytes = PyBytes::new_with(py, n, |buf| {
-                py.detach(|| self.reader.read(offset, buf, &mut bad))
+                py.detach(|| catch_panic("read", || self.reader.read(offset, buf, &mut bad)))
                     .map_err(to_py)
             })?;
             Ok((bytes, bad_tuples(&bad)))
@@ -276,12 +275,14 @@ mod python {
             let ptr = buffer.buf_ptr() as usize;
             let mut bad = Vec::new();
             py.detach(|| {
-                // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned until it
-                // is dropped after this call; it is writable and C-contiguous (checked
-                // above) and at least `n` bytes long. No Python code runs on it while the
-                // GIL is released here, as documented for callers.
-                let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) };
-                self.reader.read(offset, out, &mut bad)
+                catch_panic("read_into", || {
+                    // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned until it
+                    // is dropped after this call; it is writable and C-contiguous (checked
+                    // above) and at least `n` bytes long. No Python code runs on it while the
+                    // GIL is released here, as documented for callers.
+                    let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) };
+                    self.reader.read(offset, out, &mut bad)
+                })
             })
             .map_err(to_py)?;
             Ok((n, bad_tuples(&bad)))
@@ -295,7 +296,13 @@ mod python {
             shard: usize,
         ) -> PyResult<(Vec<u64>, Option<&'static str>)> {
             self.check_index(stripe, shard)?;
-            let check = py.detach(|| self.reader.verify_shard(stripe, shard));
+            let check = py
+                .detach(|| {
+                    catch_panic("verify_shard", || {
+                        Ok(self.reader.verify_shard(stripe, shard))
+                    })
+                })
+                .map_err(to_py)?;
             Ok((check.bad_chunks, check.damage.map(|d| d.as_str())))
         }
 
@@ -316,7 +323,11 @@ mod python {
             }
             let mut bad = Vec::new();
             let n = py
-                .detach(|| self.reader.repair_shard(stripe, shard, &mut bad))
+                .detach(|| {
+                    catch_panic("repair_shard", || {
+                        self.reader.repair_shard(stripe, shard, &mut bad)
+                    })
+                })
                 .map_err(to_py)?;
             bad.retain(|b| !(b.stripe == stripe && b.shard == shard));
             Ok((n, bad_tuples(&bad)))
@@ -334,6 +345,9 @@ mod python {
             Ok(())
         }
     }
+
+    /// How often a running commit reports progress and looks for Ctrl+C.
+    const REPORT_EVERY: Duration = Duration::from_millis(200);
 
     type PlanArg = (Vec<(PathBuf, u64)>, Vec<PathBuf>);
 
@@ -423,29 +437,26 @@ mod python {
         let state = Progress::default();
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
-            std::thread::scope(|scope| {
-                let worker = scope.spawn(|| {
-                    crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state)
-                });
-                let mut last_report = Instant::now();
-                while !worker.is_finished() {
-                    std::thread::sleep(Duration::from_millis(20));
-                    if last_report.elapsed() < Duration::from_millis(200) {
-                        continue;
-                    }
-                    last_report = Instant::now();
-                    Python::attach(|py| {
-                        let done = state.done.load(Ordering::Relaxed);
-                        let reported = progress
-                            .as_ref()
-                            .map_or(Ok(()), |cb| cb.call1(py, (done,)).map(drop));
-                        if let Err(e) = reported.and_then(|()| py.check_signals()) {
-                            state.cancel.store(true, Ordering::Relaxed);
-                            interrupt.get_or_insert(e);
-                        }
-                    });
-                }
-                worker.join().expect("commit thread panicked")
+            catch_panic("commit", || {
+                crate::commit::run_watched(
+                    &state,
+                    REPORT_EVERY,
+                    || crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state),
+                    |done| {
+                        Python::attach(|py| {
+                            let reported = progress
+                                .as_ref()
+                                .map_or(Ok(()), |cb| cb.call1(py, (done,)).map(drop));
+                            match reported.and_then(|()| py.check_signals()) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    interrupt.get_or_insert(e);
+                                    false
+                                }
+                            }
+                        })
+                    },
+                )
             })
         });
         if let Some(e) = interrupt {
@@ -485,7 +496,7 @@ mod python {
     #[pyfunction]
     fn hash_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
         let digest = py
-            .detach(|| crate::hashing::hash_file(&path))
+            .detach(|| catch_panic("hash_file", || crate::hashing::hash_file(&path)))
             .map_err(to_py)?;
         Ok(PyBytes::new(py, &digest))
     }

@@ -2400,3 +2400,85 @@ fn source_repair_of_a_shard_longer_than_a_window() {
     assert_eq!(reader.repair_shard(0, 1, &mut Vec::new()).unwrap(), 6);
     assert!(bucket.get(0, 1).unwrap() == originals[0][1]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Watching a commit: progress reports, cancellation, no polling floor, no panics.
+
+#[test]
+fn a_watched_job_returns_as_soon_as_it_finishes() {
+    // The wait ends when the worker does, not at the next poll: a hundred instant jobs
+    // watched with an hour between reports take far less than a second. (A 20 ms polling
+    // sleep, as before, needed at least two seconds for them.)
+    let progress = Progress::default();
+    let started = std::time::Instant::now();
+    let mut reports = 0;
+    for i in 0..100u64 {
+        let got = commit::run_watched(
+            &progress,
+            std::time::Duration::from_secs(3600),
+            || Ok(i * 2),
+            |_| {
+                reports += 1;
+                true
+            },
+        );
+        assert_eq!(got.unwrap(), i * 2);
+    }
+    assert_eq!(reports, 0);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_watched_job_reports_progress_and_stops_when_asked() {
+    let progress = Progress::default();
+    let mut seen = Vec::new();
+    let got: blockframe_core::Result<()> = commit::run_watched(
+        &progress,
+        std::time::Duration::from_millis(1),
+        || {
+            // Work that only ends when cancelled, moving its progress counter.
+            while !progress.cancel.load(Ordering::Relaxed) {
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+            Err(Error::Cancelled)
+        },
+        |done| {
+            seen.push(done);
+            seen.len() < 3
+        },
+    );
+    assert!(matches!(got, Err(Error::Cancelled)), "{got:?}");
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
+
+#[test]
+fn a_panicking_worker_is_an_error_with_context() {
+    let progress = Progress::default();
+    let got: blockframe_core::Result<()> = commit::run_watched(
+        &progress,
+        std::time::Duration::from_secs(3600),
+        || panic!("worker exploded"),
+        |_| true,
+    );
+    match got {
+        Err(e @ Error::Panicked { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("commit worker thread") && text.contains("worker exploded"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    let caught =
+        blockframe_core::error::catch_panic("a read", || -> blockframe_core::Result<()> {
+            panic!("{} went wrong", 42)
+        });
+    assert_eq!(
+        caught.unwrap_err().to_string(),
+        "internal error in a read: 42 went wrong"
+    );
+}
