@@ -272,6 +272,10 @@ mod python {
             }
             let total = self.reader.spec().size();
             let n = (buffer.len_bytes() as u64).min(total.saturating_sub(offset)) as usize;
+            if n == 0 {
+                // At or past the end (or an empty buffer): no bytes, nothing to verify.
+                return Ok((0, Vec::new()));
+            }
             let ptr = buffer.buf_ptr() as usize;
             let mut bad = Vec::new();
             py.detach(|| {

@@ -239,9 +239,14 @@ impl Reader {
     }
 
     /// Fill `out` with the file bytes at `offset`, every byte verified (rebuilt from parity
-    /// where a chunk fails). Shards found bad are added to `bad`.
+    /// where a chunk fails). Shards found bad are added to `bad`. An empty `out` reads
+    /// nothing, wherever it is (at or past the end included); a non-empty one must lie
+    /// within the object.
     pub fn read(&self, offset: u64, out: &mut [u8], bad: &mut Vec<BadShard>) -> Result<()> {
-        let end = offset + out.len() as u64;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let end = offset.saturating_add(out.len() as u64);
         if end > self.spec.size() {
             return Err(Error::Layout(format!(
                 "read {offset}..{end} past the end of a {}-byte object",

@@ -1454,6 +1454,27 @@ fn err_message_mentions(reader: &Reader, offset: u64, text: &str) -> bool {
 }
 
 #[test]
+fn empty_reads_at_and_past_the_end_return_nothing() {
+    let f = damage_fixture(31);
+    let reader = f.reader();
+    let size = f.data.len() as u64;
+    for offset in [0, size / 2, size, size + 1, size + 1000, u64::MAX] {
+        let mut bad = Vec::new();
+        reader
+            .read(offset, &mut [], &mut bad)
+            .unwrap_or_else(|e| panic!("empty read at {offset}: {e}"));
+        assert!(bad.is_empty());
+    }
+    // A non-empty read that does not fit is still refused, whatever the offset.
+    for offset in [size, size - 1, u64::MAX] {
+        let err = reader
+            .read(offset, &mut [0u8; 2], &mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+    }
+}
+
+#[test]
 fn concurrent_readers_get_exact_bytes() {
     let f = damage_fixture(16);
     let reader = f.reader();
