@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::fs;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::cache::{ChunkCache, Key};
@@ -105,8 +104,6 @@ fn damage_of(problem: Option<Problem>) -> Damage {
     }
 }
 
-static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     // Reused read buffer: a fresh large allocation per request would be returned to the OS
     // after every read (glibc trims big blocks), costing page faults on every request.
@@ -134,7 +131,6 @@ fn copy_overlap(src: &[u8], src_start: u64, out: &mut [u8], want_start: u64) {
 /// shard is repaired in place, a shard from a source only through a [`ShardSink`].
 pub struct Reader {
     spec: ObjectSpec,
-    id: u64,
     cache: Option<Arc<ChunkCache>>,
     /// None: the shard files under `spec.root`.
     source: Option<Box<dyn ShardSource>>,
@@ -146,7 +142,6 @@ impl Reader {
     pub fn new(spec: ObjectSpec) -> Self {
         Self {
             spec,
-            id: NEXT_READER_ID.fetch_add(1, Ordering::Relaxed),
             cache: None,
             source: None,
             sink: None,
@@ -218,8 +213,9 @@ impl Reader {
         &self.spec
     }
 
+    /// The cache key of a chunk: its manifest hash (its content).
     fn key(&self, stripe: usize, shard: usize, chunk: u64) -> Key {
-        (self.id, stripe as u32, shard as u32, chunk)
+        self.spec.stripes[stripe].shard(shard).hashes[chunk as usize]
     }
 
     fn cached(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {

@@ -1848,6 +1848,47 @@ fn cache_holds_rebuilt_chunks_and_never_unverified_ones() {
     assert_eq!(cache.stats().0, entries);
 }
 
+#[test]
+fn readers_of_the_same_object_share_cached_chunks() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    // The cache is keyed by chunk content, not by reader: a second reader of the object
+    // (a reopening, another file handle, another mount) finds what the first one kept.
+    let f = damage_fixture(79);
+    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let first = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    // An unaligned read keeps its edge chunks; a damaged chunk is rebuilt and kept.
+    Harm::Flip(700).apply(&f.path(0, 1));
+    let start = f.start(0, 1) + 600;
+    let mut bad = Vec::new();
+    let mut out = vec![0u8; 300];
+    first.read(start, &mut out, &mut bad).unwrap();
+    assert!(out[..] == f.data[start as usize..start as usize + 300]);
+    assert_eq!(bad.len(), 1);
+    let (entries, ..) = cache.stats();
+    assert!(entries > 0);
+
+    // Without the shards of that stripe, a new reader serves the same range from the cache
+    // alone, every chunk a hit.
+    for s in 0..f.shard_count(0) {
+        Harm::Delete.apply(&f.path(0, s));
+    }
+    let second = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    let (_, _, _, hits, misses) = cache.stats();
+    let mut again = vec![0u8; 300];
+    let mut bad = Vec::new();
+    second.read(start, &mut again, &mut bad).unwrap();
+    assert!(again == out && bad.is_empty());
+    let (_, _, _, hits2, misses2) = cache.stats();
+    assert!(hits2 > hits, "the second reader hit nothing");
+    assert_eq!(misses2, misses, "the second reader missed");
+    // A reader with its own cache has nothing to go on.
+    let cold = Reader::with_cache(f.spec(), Arc::new(ChunkCache::new(1 << 20)));
+    let err = cold.read(start, &mut again, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, Error::Unrecoverable { .. }), "{err:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Readers over another shard source (the remote client's path).
 
