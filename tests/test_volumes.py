@@ -438,3 +438,28 @@ def test_bad_volume_locations_are_one_line_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert f"{tmp_path}/a: no such directory".encode() in r.stderr
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_a_linked_directory_in_an_object_on_a_volume_is_not_followed(four: Vols) -> None:
+    # The core opens a volume's shards below that volume's object directory, following no
+    # link there: a parity directory moved behind a link is unreadable, and repaired in
+    # place of the link, never through it.
+    e = four.archive().get("dir/sub/t3.bin")
+    st = e.manifest.stripes[0]
+    sh = st.parity[0]
+    parity_dir = (four.vols[sh.volume] / e.dirname / sh.path).parent
+    outside = four.root / "outside"
+    outside.mkdir()
+    parity_dir.rename(outside / "parity")
+    parity_dir.symlink_to(outside / "parity", target_is_directory=True)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    (obj,) = [o for o in report["objects"] if o["name"] == "dir/sub/t3.bin"]
+    assert obj["status"] == "repaired"
+    assert {s["damage"] for s in obj["shards"]} == {"unreadable"}
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+    assert not parity_dir.is_symlink() and parity_dir.is_dir()
+    four.restore_all()

@@ -236,9 +236,10 @@ class VolumeSet:
         used = {sh.volume for st in m.stripes for sh in st.shards}
         return all(v in self.present and self.slots[v].is_local for v in used)
 
-    def shard_path(self, dirname: str, m: Manifest, stripe: int, shard: int) -> str:
-        sh = m.stripes[stripe].shards[shard]
-        path = self.slots[sh.volume].local_path(f"{dirname}/{sh.path}")
+    def object_dir(self, dirname: str, volume: int) -> str:
+        """The directory of object ``dirname`` on local volume ``volume``: the core opens the
+        object's shards on that volume below it, following no link there."""
+        path = self.slots[volume].local_path(dirname)
         assert path is not None
         return str(path)
 
