@@ -3,6 +3,7 @@
 //! verification; and repair of a damaged shard into a verified replacement.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::cache::{ChunkCache, Key};
@@ -16,6 +17,11 @@ use crate::source::{ShardSink, ShardSource};
 
 /// Bytes verified, hashed or rebuilt per step when walking a whole shard.
 const WINDOW: u64 = 1 << 20;
+
+/// Byte budget of the chunks a reader without a shared cache keeps after rebuilding them
+/// (for the repair that usually follows a read through damage). Nothing is kept while
+/// nothing needs rebuilding.
+const REBUILT_BUDGET: usize = 32 << 20;
 
 /// What was wrong with a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +139,10 @@ fn copy_overlap(src: &[u8], src_start: u64, out: &mut [u8], want_start: u64) {
 pub struct Reader {
     spec: ObjectSpec,
     cache: Option<Arc<ChunkCache>>,
+    /// Rebuilt chunks, when there is no shared cache to keep them in.
+    rebuilt: ChunkCache,
+    /// Reed-Solomon decodes run (see [`Reader::decode_count`]).
+    decodes: AtomicU64,
     source: Box<dyn ShardSource>,
     /// Where repaired shards go; none: the reader cannot repair.
     sink: Option<Box<dyn ShardSink>>,
@@ -142,12 +152,7 @@ impl Reader {
     /// A reader over the object's local shard files, which it also repairs in place.
     pub fn new(spec: ObjectSpec) -> Self {
         let files = LocalFiles::new(&spec);
-        Self {
-            spec,
-            cache: None,
-            source: Box::new(files.clone()),
-            sink: Some(Box::new(files)),
-        }
+        Self::build(spec, None, Box::new(files.clone()), Some(Box::new(files)))
     }
 
     /// A reader over local files (see [`Reader::new`]) that keeps verified chunks it had
@@ -168,11 +173,22 @@ impl Reader {
         cache: Option<Arc<ChunkCache>>,
         source: Box<dyn ShardSource>,
     ) -> Self {
+        Self::build(spec, cache, source, None)
+    }
+
+    fn build(
+        spec: ObjectSpec,
+        cache: Option<Arc<ChunkCache>>,
+        source: Box<dyn ShardSource>,
+        sink: Option<Box<dyn ShardSink>>,
+    ) -> Self {
         Self {
             spec,
             cache,
+            rebuilt: ChunkCache::new(REBUILT_BUDGET),
+            decodes: AtomicU64::new(0),
             source,
-            sink: None,
+            sink,
         }
     }
 
@@ -211,6 +227,13 @@ impl Reader {
         self.spec.stripes[stripe].shard(shard).hashes[chunk as usize]
     }
 
+    /// Where rebuilt chunks are kept: the shared cache, or the reader's own store.
+    fn kept(&self) -> &ChunkCache {
+        self.cache.as_deref().unwrap_or(&self.rebuilt)
+    }
+
+    /// A chunk from the shared cache (reads use nothing else: without a shared cache,
+    /// every read goes to the shards and reports the damage it finds).
     fn cached(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {
         self.cache.as_ref()?.get(&self.key(stripe, shard, chunk))
     }
@@ -219,6 +242,24 @@ impl Reader {
         self.cache
             .as_ref()
             .is_some_and(|c| c.contains(&self.key(stripe, shard, chunk)))
+    }
+
+    /// Keep rebuilt (and verified) chunk bytes, with or without a shared cache: a repair
+    /// of the shard then takes them instead of decoding again.
+    fn keep_rebuilt(&self, stripe: usize, shard: usize, chunk: u64, data: &[u8]) {
+        self.kept().insert(self.key(stripe, shard, chunk), data);
+    }
+
+    /// A chunk kept after it was rebuilt (or cached), for a repair.
+    fn rebuilt_before(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {
+        self.kept().get(&self.key(stripe, shard, chunk))
+    }
+
+    /// How many Reed-Solomon decodes this reader has run (for tests: proof that a repair
+    /// reused chunks a read had rebuilt).
+    #[doc(hidden)]
+    pub fn decode_count(&self) -> u64 {
+        self.decodes.load(Ordering::Relaxed)
     }
 
     fn remember(&self, stripe: usize, shard: usize, chunk: u64, data: &[u8]) {
@@ -318,7 +359,7 @@ impl Reader {
                 for c in j..jb {
                     let (ca, cb) = (c * chunk, ((c + 1) * chunk).min(spec.len));
                     let bytes = &rebuilt[(ca - a) as usize..(cb - a) as usize];
-                    self.remember(stripe, shard, c, bytes);
+                    self.keep_rebuilt(stripe, shard, c, bytes);
                 }
             }
             j = jb;
@@ -461,6 +502,9 @@ impl Reader {
                         .flatten()
                 })
                 .collect();
+            if pattern[..k].iter().any(|&p| !p) {
+                self.decodes.fetch_add(1, Ordering::Relaxed);
+            }
             let restored = codec::reconstruct(k, &slices)?;
             for (i, data) in restored.into_iter().enumerate() {
                 if !pattern[i] {
@@ -597,10 +641,28 @@ impl Reader {
         let chunk = self.spec.chunk_size;
         let c0 = a / chunk;
         let (avail, _) = self.fetch(stripe, s, a, buf)?;
-        let valid = check_chunks(spec, chunk, c0, buf, avail);
+        let mut valid = check_chunks(spec, chunk, c0, buf, avail);
+        let mut rebuilt = 0;
+        // Bad chunks a read has already rebuilt (and verified) are taken as they are:
+        // decoding them again would give the same bytes.
+        for (n, ok) in valid.iter_mut().enumerate() {
+            let j = c0 + n as u64;
+            if *ok || j * chunk >= spec.len {
+                continue;
+            }
+            if let Some(bytes) = self.rebuilt_before(stripe, s, j) {
+                let lo = n * chunk as usize;
+                let len = (chunk.min(spec.len - j * chunk)) as usize;
+                // Held only after verification; checked again as it is about to be written.
+                if bytes.len() == len && chunk_hash(&bytes) == spec.hashes[j as usize] {
+                    buf[lo..lo + len].copy_from_slice(&bytes);
+                    *ok = true;
+                    rebuilt += 1;
+                }
+            }
+        }
         // Rebuild only this shard's runs of bad chunks, so that a position beyond parity
         // elsewhere in the window does not block repairing its own damage.
-        let mut rebuilt = 0;
         let mut r0 = 0;
         while r0 < valid.len() {
             if valid[r0] {

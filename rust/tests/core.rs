@@ -2833,3 +2833,52 @@ fn repair_of_a_vanished_object_creates_nothing() {
     assert!(matches!(err, Error::ObjectGone { .. }), "{err:?}");
     assert!(!f.root.exists(), "a zombie object directory was created");
 }
+
+// ---------------------------------------------------------------------------------------
+// Repair reuses what a read rebuilt.
+
+#[test]
+fn repair_reuses_chunks_a_read_rebuilt() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    let f = damage_fixture(71);
+    let originals = f.expected_shards();
+    let shared = Arc::new(ChunkCache::new(1 << 20));
+    for reader in [
+        f.reader(),
+        Reader::with_cache(f.spec(), Arc::clone(&shared)),
+    ] {
+        // A read through a lost data shard rebuilds (and verifies) all of its chunks.
+        Harm::Delete.apply(&f.path(1, 0));
+        let bad = read_ok(&reader, &f.data, f.start(1, 0), 3000);
+        assert_eq!(bad.len(), 1);
+        let decoded = reader.decode_count();
+        assert!(decoded > 0);
+        // Repairing that shard writes those chunks without decoding anything again.
+        assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+        assert_eq!(reader.decode_count(), decoded, "the repair decoded again");
+        assert_stripe_restored(&f, 1, &originals[1]);
+        assert_no_temporaries(&f.root);
+    }
+
+    // Without a read before it, the same repair decodes (the counter does count).
+    let fresh = f.reader();
+    Harm::Delete.apply(&f.path(1, 0));
+    assert_eq!(fresh.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+    assert!(fresh.decode_count() > 0);
+    assert_stripe_restored(&f, 1, &originals[1]);
+
+    // A read that rebuilt only part of the shard: the rest is decoded, the part is reused.
+    let partly = f.reader();
+    Harm::Delete.apply(&f.path(1, 0));
+    read_ok(&partly, &f.data, f.start(1, 0), 300); // chunks 0 and 1 of 4
+    let decoded = partly.decode_count();
+    assert_eq!(partly.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+    assert_eq!(
+        partly.decode_count(),
+        decoded + 1,
+        "one decode for chunks 2..4"
+    );
+    assert_stripe_restored(&f, 1, &originals[1]);
+}
