@@ -107,6 +107,8 @@ class ArchivedObject:
                 # survivors); reads were served from the other volumes.
                 absent.add(volume)
                 continue
+            if vs is not None:
+                vs.prepare_object_dir(self.entry.dirname, volume)
             try:
                 chunks, more = self._core.repair_shard(stripe, shard)
             except _core.CoreError as e:
