@@ -17,7 +17,7 @@ import httpx
 import pytest
 from test_mount import start_mount
 
-from blockframe.archive import open_archive_at
+from blockframe.archive import ArchivedObject, open_archive_at
 from blockframe.config import StorageConfig
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, parse
 from blockframe.health import Health, Options
@@ -454,3 +454,59 @@ def test_bad_volume_locations_are_one_line_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert f"{tmp_path}/a: no such directory".encode() in r.stderr
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_a_linked_directory_in_an_object_on_a_volume_is_not_followed(four: Vols) -> None:
+    # The core opens a volume's shards below that volume's object directory, following no
+    # link there: a parity directory moved behind a link is unreadable, and repaired in
+    # place of the link, never through it.
+    e = four.archive().get("dir/sub/t3.bin")
+    st = e.manifest.stripes[0]
+    sh = st.parity[0]
+    parity_dir = (four.vols[sh.volume] / e.dirname / sh.path).parent
+    outside = four.root / "outside"
+    outside.mkdir()
+    parity_dir.rename(outside / "parity")
+    parity_dir.symlink_to(outside / "parity", target_is_directory=True)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    r = four.run("health", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    (obj,) = [o for o in report["objects"] if o["name"] == "dir/sub/t3.bin"]
+    assert obj["status"] == "repaired"
+    assert {s["damage"] for s in obj["shards"]} == {"unreadable"}
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+    assert not parity_dir.is_symlink() and parity_dir.is_dir()
+    four.restore_all()
+
+
+def test_restore_rebuilds_shards_onto_an_empty_replacement_volume(four: Vols) -> None:
+    # The core never creates an object directory; the archive makes it on a replacement
+    # volume while the object still exists, so restore can put the rebuilt shards there.
+    shutil.rmtree(four.vols[1])
+    four.vols[1].mkdir()
+    e = four.archive().get("t1.bin")
+    (sh,) = [sh for st in e.manifest.stripes for sh in st.shards if sh.volume == 1]
+    r = four.run("restore", "t1.bin", "-o", "-")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == content("t1.bin")
+    assert (four.vols[1] / e.dirname / sh.path).stat().st_size == sh.size
+
+
+def test_repair_after_a_replace_leaves_no_zombie_on_any_volume(four: Vols) -> None:
+    e = four.archive().get("t1.bin")
+    obj = ArchivedObject(e)
+    for st in e.manifest.stripes:
+        for sh in st.parity:
+            (four.vols[sh.volume] / e.dirname / sh.path).unlink()
+    obj.verify_parity()
+    assert obj.damaged
+    src = four.root / "new.bin"
+    src.write_bytes(b"other content" * 1000)
+    four.archive().commit(src, "t1.bin", replace=True)
+    assert not any((v / e.dirname).exists() for v in four.vols)
+    repaired, failed = obj.repair()
+    assert repaired == [] and len(failed) == len(e.manifest.stripes[0].parity), failed
+    assert all("gone" in f for f in failed), failed
+    assert not any((v / e.dirname).exists() for v in four.vols), "a zombie directory"

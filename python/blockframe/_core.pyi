@@ -15,8 +15,14 @@ class SourceChangedError(CoreError): ...
 #  damage: "missing" | "short" | "oversized" | "unreadable" | "corrupt")
 BadShard = tuple[int, int, str]
 
+# A shard: (path, size, concatenated 32-byte chunk hashes), or the same followed by the
+# shard's own object directory (on another volume) that the path is relative to.
+ShardArg = tuple[str, int, bytes] | tuple[str, int, bytes, str]
+
 class Cache:
-    """A bounded cache of verified chunks, shared by the readers it is given to."""
+    """A bounded cache of verified chunks, shared by the readers it is given to. Chunks are
+    keyed by their content (their hash), so every reader of an object, reopenings included,
+    shares what another kept."""
 
     def __init__(self, max_bytes: int) -> None: ...
     def stats(self) -> tuple[int, int, int, int, int]:
@@ -29,23 +35,32 @@ class Object:
         self,
         root: str,
         chunk_size: int,
-        stripes: list[tuple[list[tuple[str, int, bytes]], list[tuple[str, int, bytes]]]],
+        stripes: list[tuple[list[ShardArg], list[ShardArg]]],
         cache: Cache | None = None,
         fetch: Callable[[int, int, int, int], bytes | memoryview | None] | None = None,
         store: Callable[[int, int, bytes], object] | None = None,
     ) -> None:
-        """Shard paths are relative to ``root``, or absolute (a shard on another volume).
+        """Shard paths are relative to ``root``, or to the shard's own object directory when
+        its tuple names one (a shard on another volume), or absolute. No link below that
+        directory is followed: a link, FIFO or other non-file in place of a shard or of a
+        directory on the way makes the shard unreadable, and repair replaces it with a real
+        file (and real directories) inside the object. The object directory itself is never
+        created: repairing an object whose directory is gone raises CoreError.
 
         With ``fetch(stripe, shard, start, length)``, shard bytes come from that callable
         (bytes or a contiguous buffer, shorter when the shard is shorter; None when missing;
-        raise when unreadable) instead of files under ``root``; they are verified all the
-        same. Whole-shard verification asks it for one byte past a shard's end to detect
-        an oversized shard.
+        raise an Exception when unreadable) instead of files under ``root``; they are
+        verified all the same. Whole-shard verification asks it for one byte past a shard's
+        end to detect an oversized shard.
 
         ``store(stripe, shard, data)`` (only with ``fetch``; a local object is repaired in
         place) receives the complete, verified bytes of each repaired shard and should
-        replace the shard with them atomically; an exception from it fails the repair with
-        a CoreError carrying its message."""
+        replace the shard with them atomically; an Exception from it fails the repair with
+        a CoreError carrying its message.
+
+        A BaseException that is not an Exception (KeyboardInterrupt, SystemExit) raised by
+        ``fetch`` or ``store`` stops the read, verification or repair that called it and is
+        re-raised from that method unchanged."""
     @property
     def size(self) -> int: ...
     def merkle_root(self) -> bytes: ...

@@ -2,16 +2,24 @@
 //!
 //! Holds only bytes that matched their manifest hash (or were rebuilt and then matched), so
 //! serving from it never returns unverified bytes. Least recently used entries are dropped
-//! to stay within the byte budget. Keys carry the reader's identity, so one cache serves
-//! every object of a mount.
+//! to stay within the byte budget.
+//!
+//! An entry is keyed by the chunk's own BLAKE3 hash, i.e. by its content: objects are
+//! write-once, so the key stays valid across readers, reopenings of the same object and
+//! objects that share chunks, and one cache serves every object of a mount. Equal keys mean
+//! equal bytes (and equal lengths), so a hit is the right answer wherever the chunk is
+//! wanted: a data chunk and a parity chunk, or chunks of two objects, that hash alike are
+//! the same bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-/// (reader id, stripe, shard, chunk index)
-pub type Key = (u64, u32, u32, u64);
+use crate::hashing::Hash;
+
+/// The BLAKE3 hash of the chunk's bytes, as recorded in the manifest.
+pub type Key = Hash;
 
 struct Inner {
     map: LruCache<Key, Arc<[u8]>>,
@@ -60,7 +68,7 @@ impl ChunkCache {
         self.lock().map.contains(key)
     }
 
-    /// Insert verified bytes, evicting the least recently used entries beyond the budget.
+    /// Insert verified bytes (`key` must be their hash), evicting the least recently used entries beyond the budget.
     pub fn insert(&self, key: Key, data: &[u8]) {
         if data.len() > self.max_bytes {
             return;

@@ -26,10 +26,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{self, sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use crate::codec;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{catch_panic, joined, Error, IoContext, Result};
 use crate::hashing::{chunk_hashes, Hash};
 use crate::layout::{check_chunk_size, padded_len};
 use crate::shardio::fsync_dir;
@@ -199,9 +200,9 @@ pub fn commit_to_roots(
         }
         // Join everything before judging: the first real error wins over the knock-on
         // "channel closed" failures it causes in the other threads.
-        let written = writer.join().expect("writer thread panicked");
-        let synced = syncer.join().expect("syncer thread panicked");
-        let content_hash = content.join().expect("hasher thread panicked");
+        let written = joined("the commit's writer thread", writer);
+        let synced = joined("the commit's syncer thread", syncer);
+        let content_hash = joined("the commit's content hasher thread", content);
         let (hashes, content_hash) = match (encoded, written, synced, content_hash) {
             (Ok(h), Ok(()), Ok(()), Ok(c)) => (h, c),
             (e1, e2, e3, e4) => {
@@ -236,6 +237,42 @@ pub fn commit_to_roots(
             content_hash,
             hashes,
         })
+    })
+}
+
+/// Run `work` on a worker thread and call `report(progress.done)` every `every` while it
+/// runs; return its result as soon as it finishes (no polling: the wait ends when the
+/// worker does). `report` returning false asks the work to stop (sets `progress.cancel`);
+/// the work then returns `Error::Cancelled` and this waits for it. A panic of the worker is
+/// an [`Error::Panicked`].
+pub fn run_watched<T: Send>(
+    progress: &Progress,
+    every: Duration,
+    work: impl FnOnce() -> Result<T> + Send,
+    mut report: impl FnMut(u64) -> bool,
+) -> Result<T> {
+    let (finished, wait) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            // Dropped when the work ends, normally or by a panic: that wakes the wait.
+            let _finished = finished;
+            catch_panic("the commit worker thread", work)
+        });
+        let mut next = Instant::now() + every;
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            match wait.recv_timeout(left) {
+                Err(RecvTimeoutError::Timeout) => {
+                    next = Instant::now() + every;
+                    if !report(progress.done.load(Ordering::Relaxed)) {
+                        progress.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                // Nothing is ever sent: the channel closes when the worker is done.
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        joined("the commit worker thread", worker)
     })
 }
 

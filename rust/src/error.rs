@@ -68,9 +68,63 @@ pub enum Error {
     /// The caller asked the operation to stop.
     #[error("cancelled")]
     Cancelled,
+
+    /// A source or sink callback asked to stop the whole operation instead of reporting an
+    /// unreadable shard (the user interrupted it). `cause` is the callback's own error,
+    /// handed back to the caller unchanged.
+    #[error("stripe {stripe}, shard {shard}: interrupted: {cause}")]
+    Interrupted {
+        stripe: usize,
+        shard: usize,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A repair found the object's directory gone (removed, or replaced by a new commit):
+    /// nothing was written, and no directory was created for it.
+    #[error("{path}: the object directory is gone (removed or replaced); nothing was written")]
+    ObjectGone { path: PathBuf },
+
+    /// A bug: code of the core panicked. The panic was caught where it happened so that it
+    /// reaches the caller as an error rather than unwinding into it.
+    #[error("internal error in {context}: {message}")]
+    Panicked { context: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The error for a caught panic with payload `payload`, raised in `context`.
+    pub fn panicked(context: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-text payload".to_string()
+        };
+        Error::Panicked {
+            context: context.to_string(),
+            message,
+        }
+    }
+}
+
+/// Run `f`, turning a panic into [`Error::Panicked`] with `context`, so that no panic
+/// crosses into a caller that cannot handle one (Python, a joined thread's owner).
+pub fn catch_panic<T>(context: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(Error::panicked(context, &*payload)))
+}
+
+/// The result of a joined scoped thread, its panic turned into [`Error::Panicked`].
+pub(crate) fn joined<T>(
+    context: &str,
+    handle: std::thread::ScopedJoinHandle<'_, Result<T>>,
+) -> Result<T> {
+    handle
+        .join()
+        .unwrap_or_else(|payload| Err(Error::panicked(context, &*payload)))
+}
 
 /// Attach a path to an `io::Error`.
 pub(crate) trait IoContext<T> {

@@ -2,19 +2,61 @@
 //! shards, their lengths and chunk hashes, and the mapping from file offsets to shards.
 //! Python decides names and tiers; the core only checks that the geometry is consistent.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::codec::ALIGN;
 use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, Hash};
 
-/// One shard file: its path, its length and chunk hashes. The path is relative to the
-/// object directory, or absolute for a shard kept elsewhere (on another volume).
+/// One shard file: its path, its length and chunk hashes.
+///
+/// The path is relative to the shard's object directory: `dir` when given (the object's
+/// directory on another volume), else the object's root. Nothing below that directory is
+/// trusted (no link is followed there; see `local.rs`). An absolute path without `dir`
+/// names a shard kept elsewhere whose directory is trusted as given; only the file itself
+/// is checked.
 #[derive(Debug, Clone)]
 pub struct ShardSpec {
     pub path: PathBuf,
     pub len: u64,
     pub hashes: Vec<Hash>,
+    pub dir: Option<PathBuf>,
+}
+
+impl ShardSpec {
+    /// A shard at `path` under the object's root (or absolute), with no directory of its own.
+    pub fn new(path: impl Into<PathBuf>, len: u64, hashes: Vec<Hash>) -> Self {
+        Self {
+            path: path.into(),
+            len,
+            hashes,
+            dir: None,
+        }
+    }
+
+    /// Check the path: relative paths are plain names (no `..`, `.` or root), and an
+    /// absolute one names a file without `..` and has no directory of its own.
+    fn check_path(&self) -> Result<()> {
+        let plain = |p: &Path| {
+            p.components().next().is_some()
+                && p.components().all(|c| matches!(c, Component::Normal(_)))
+        };
+        let ok = if self.path.is_absolute() {
+            self.dir.is_none()
+                && self.path.file_name().is_some()
+                && !self.path.components().any(|c| c == Component::ParentDir)
+        } else {
+            plain(&self.path)
+        };
+        if !ok {
+            return Err(Error::Layout(format!(
+                "shard path {} must be a plain relative path (or absolute without a \
+                 directory of its own)",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `k` data shards (file bytes, unpadded) and `m` parity shards of one Reed-Solomon stripe.
@@ -96,6 +138,7 @@ impl ObjectSpec {
             }
             let padded = stripe.padded_len();
             for (s, shard) in stripe.data.iter().chain(&stripe.parity).enumerate() {
+                shard.check_path()?;
                 let is_parity = s >= stripe.k();
                 if !is_parity && shard.len == 0 {
                     return Err(Error::Layout(format!("stripe {si}: empty data shard {s}")));
@@ -145,10 +188,12 @@ impl ObjectSpec {
         (stripe, shard, offset - start)
     }
 
-    /// Path of shard `s` of stripe `stripe`: under the object directory, or the shard's own
-    /// path when that is absolute.
+    /// Path of shard `s` of stripe `stripe`: under its object directory (its own or the
+    /// object's root), or the shard's own path when that is absolute. For messages: shard
+    /// files are opened through `local.rs`, never by this path.
     pub fn path(&self, stripe: usize, s: usize) -> PathBuf {
-        self.root.join(&self.stripes[stripe].shard(s).path)
+        let shard = self.stripes[stripe].shard(s);
+        shard.dir.as_ref().unwrap_or(&self.root).join(&shard.path)
     }
 
     /// Every chunk hash in layout order (stripes, then data and parity shards, then chunks):

@@ -8,6 +8,7 @@ pub mod commit;
 pub mod error;
 pub mod hashing;
 pub mod layout;
+pub mod local;
 pub mod reader;
 pub mod shardio;
 pub mod source;
@@ -17,9 +18,8 @@ pub use error::{Error, Result};
 #[cfg(feature = "python")]
 mod python {
     use std::path::PathBuf;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use pyo3::buffer::PyBuffer;
     use pyo3::create_exception;
@@ -29,12 +29,12 @@ mod python {
 
     use crate::cache::ChunkCache;
     use crate::commit::{PlanParity, PlanShard, PlanStripe, Progress};
-    use crate::error::Error;
+    use crate::error::{catch_panic, Error};
     use crate::hashing::{self, Hash};
     use crate::layout::{ObjectSpec, ShardSpec, StripeSpec};
     use crate::reader::{BadShard, Reader};
     use crate::shardio::Problem;
-    use crate::source::{ShardSink, ShardSource};
+    use crate::source::{Gather, Refusal, ShardSink, ShardSource, ShardWriter};
 
     create_exception!(
         _core,
@@ -64,6 +64,12 @@ mod python {
     fn to_py(e: Error) -> PyErr {
         let msg = e.to_string();
         match e {
+            // What a callable raised to stop everything (KeyboardInterrupt, SystemExit)
+            // goes back to the caller as it was raised.
+            Error::Interrupted { cause, .. } => match cause.downcast::<PyErr>() {
+                Ok(err) => *err,
+                Err(_) => CoreError::new_err(msg),
+            },
             Error::Unrecoverable { .. } | Error::RebuildMismatch { .. } => {
                 UnrecoverableError::new_err(msg)
             }
@@ -81,16 +87,38 @@ mod python {
             .collect()
     }
 
-    type ShardArg = (PathBuf, u64, Vec<u8>);
+    /// (path, length, concatenated chunk hashes), optionally followed by the shard's own
+    /// object directory (on another volume) that `path` is relative to.
+    #[derive(FromPyObject)]
+    enum ShardArg {
+        Placed(PathBuf, u64, Vec<u8>, PathBuf),
+        Plain(PathBuf, u64, Vec<u8>),
+    }
 
-    fn shard_spec((path, len, raw): ShardArg) -> PyResult<ShardSpec> {
+    fn shard_spec(arg: ShardArg) -> PyResult<ShardSpec> {
+        let (path, len, raw, dir) = match arg {
+            ShardArg::Placed(path, len, raw, dir) => (path, len, raw, Some(dir)),
+            ShardArg::Plain(path, len, raw) => (path, len, raw, None),
+        };
         let hashes = hashing::split_hashes(&raw).ok_or_else(|| {
             CoreError::new_err(format!(
                 "{}: hashes are not 32-byte digests",
                 path.display()
             ))
         })?;
-        Ok(ShardSpec { path, len, hashes })
+        Ok(ShardSpec {
+            path,
+            len,
+            hashes,
+            dir,
+        })
+    }
+
+    /// Whether an exception raised by a callable must stop the whole operation and reach
+    /// the caller as it is: any BaseException that is not an Exception (KeyboardInterrupt,
+    /// SystemExit). Ordinary exceptions only mean that this shard could not be had.
+    fn must_stop(py: Python<'_>, e: &PyErr) -> bool {
+        !e.is_instance_of::<PyException>(py)
     }
 
     /// A bounded cache of verified chunks, shared by the readers it is given to.
@@ -117,7 +145,8 @@ mod python {
     /// Shard bytes fetched by a Python callable `fetch(stripe, shard, start, length)` that
     /// returns bytes (shorter when the shard is shorter), None when the shard is missing,
     /// or raises when it cannot be read. Used by the remote client; every byte is still
-    /// verified by the reader.
+    /// verified by the reader. A KeyboardInterrupt (any BaseException that is not an
+    /// Exception) stops the operation and is re-raised to its caller.
     struct PyFetch(Py<PyAny>);
 
     impl ShardSource for PyFetch {
@@ -127,25 +156,32 @@ mod python {
             shard: usize,
             start: u64,
             buf: &mut [u8],
-        ) -> (usize, Option<Problem>) {
+        ) -> crate::Result<(usize, Option<Problem>)> {
             Python::attach(|py| {
                 let got = match self.0.call1(py, (stripe, shard, start, buf.len())) {
                     Ok(got) => got,
+                    Err(e) if must_stop(py, &e) => {
+                        return Err(Error::Interrupted {
+                            stripe,
+                            shard,
+                            cause: Box::new(e),
+                        })
+                    }
                     // The fetcher logs its own failures; the reader rebuilds the range
                     // from other shards or fails the read.
-                    Err(_) => return (0, Some(Problem::Unreadable)),
+                    Err(_) => return Ok((0, Some(Problem::Unreadable))),
                 };
                 if got.is_none(py) {
-                    return (0, Some(Problem::Missing));
+                    return Ok((0, Some(Problem::Missing)));
                 }
                 // bytes, or any buffer (a memoryview slice of a fetched block avoids a copy).
                 if let Ok(bytes) = got.cast_bound::<PyBytes>(py) {
                     let data = bytes.as_bytes();
                     let n = data.len().min(buf.len());
                     buf[..n].copy_from_slice(&data[..n]);
-                    return (n, (n < buf.len()).then_some(Problem::Short));
+                    return Ok((n, (n < buf.len()).then_some(Problem::Short)));
                 }
-                match PyBuffer::<u8>::get(got.bind(py)) {
+                Ok(match PyBuffer::<u8>::get(got.bind(py)) {
                     Ok(view) if view.is_c_contiguous() => {
                         let n = view.len_bytes().min(buf.len());
                         match view.copy_to_slice(py, &mut buf[..n]) {
@@ -154,24 +190,37 @@ mod python {
                         }
                     }
                     _ => (0, Some(Problem::Unreadable)),
-                }
+                })
             })
         }
     }
 
-    /// Repaired shards handed to a Python callable `store(stripe, shard, data)`; an
-    /// exception from it fails the repair with its message.
+    /// Repaired shards handed whole to a Python callable `store(stripe, shard, data)`; an
+    /// exception from it fails the repair with its message, and a KeyboardInterrupt (any
+    /// BaseException that is not an Exception) is re-raised to the caller.
     struct PyStore(Py<PyAny>);
 
     impl ShardSink for PyStore {
-        fn store(&self, stripe: usize, shard: usize, data: &[u8]) -> Result<(), String> {
-            Python::attach(|py| {
-                let data = PyBytes::new(py, data);
-                self.0
-                    .call1(py, (stripe, shard, data))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
+        fn begin(
+            &self,
+            stripe: usize,
+            shard: usize,
+            path: &std::path::Path,
+        ) -> crate::Result<Box<dyn ShardWriter + '_>> {
+            Ok(Box::new(Gather::new(stripe, shard, path, move |data| {
+                Python::attach(|py| {
+                    let data = PyBytes::new(py, &data);
+                    match self.0.call1(py, (stripe, shard, data)) {
+                        Ok(_) => Ok(()),
+                        Err(e) if must_stop(py, &e) => Err(Refusal::Stop(Error::Interrupted {
+                            stripe,
+                            shard,
+                            cause: Box::new(e),
+                        })),
+                        Err(e) => Err(Refusal::Message(e.to_string())),
+                    }
+                })
+            })))
         }
     }
 
@@ -251,7 +300,7 @@ mod python {
             }
             let mut bad = Vec::new();
             let bytes = PyBytes::new_with(py, n, |buf| {
-                py.detach(|| self.reader.read(offset, buf, &mut bad))
+                py.detach(|| catch_panic("read", || self.reader.read(offset, buf, &mut bad)))
                     .map_err(to_py)
             })?;
             Ok((bytes, bad_tuples(&bad)))
@@ -273,15 +322,21 @@ mod python {
             }
             let total = self.reader.spec().size();
             let n = (buffer.len_bytes() as u64).min(total.saturating_sub(offset)) as usize;
+            if n == 0 {
+                // At or past the end (or an empty buffer): no bytes, nothing to verify.
+                return Ok((0, Vec::new()));
+            }
             let ptr = buffer.buf_ptr() as usize;
             let mut bad = Vec::new();
             py.detach(|| {
-                // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned until it
-                // is dropped after this call; it is writable and C-contiguous (checked
-                // above) and at least `n` bytes long. No Python code runs on it while the
-                // GIL is released here, as documented for callers.
-                let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) };
-                self.reader.read(offset, out, &mut bad)
+                catch_panic("read_into", || {
+                    // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned until it
+                    // is dropped after this call; it is writable and C-contiguous (checked
+                    // above) and at least `n` bytes long. No Python code runs on it while the
+                    // GIL is released here, as documented for callers.
+                    let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) };
+                    self.reader.read(offset, out, &mut bad)
+                })
             })
             .map_err(to_py)?;
             Ok((n, bad_tuples(&bad)))
@@ -295,7 +350,9 @@ mod python {
             shard: usize,
         ) -> PyResult<(Vec<u64>, Option<&'static str>)> {
             self.check_index(stripe, shard)?;
-            let check = py.detach(|| self.reader.verify_shard(stripe, shard));
+            let check = py
+                .detach(|| catch_panic("verify_shard", || self.reader.verify_shard(stripe, shard)))
+                .map_err(to_py)?;
             Ok((check.bad_chunks, check.damage.map(|d| d.as_str())))
         }
 
@@ -316,7 +373,11 @@ mod python {
             }
             let mut bad = Vec::new();
             let n = py
-                .detach(|| self.reader.repair_shard(stripe, shard, &mut bad))
+                .detach(|| {
+                    catch_panic("repair_shard", || {
+                        self.reader.repair_shard(stripe, shard, &mut bad)
+                    })
+                })
                 .map_err(to_py)?;
             bad.retain(|b| !(b.stripe == stripe && b.shard == shard));
             Ok((n, bad_tuples(&bad)))
@@ -334,6 +395,9 @@ mod python {
             Ok(())
         }
     }
+
+    /// How often a running commit reports progress and looks for Ctrl+C.
+    const REPORT_EVERY: Duration = Duration::from_millis(200);
 
     type PlanArg = (Vec<(PathBuf, u64)>, Vec<PathBuf>);
 
@@ -423,29 +487,26 @@ mod python {
         let state = Progress::default();
         let mut interrupt: Option<PyErr> = None;
         let result = py.detach(|| {
-            std::thread::scope(|scope| {
-                let worker = scope.spawn(|| {
-                    crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state)
-                });
-                let mut last_report = Instant::now();
-                while !worker.is_finished() {
-                    std::thread::sleep(Duration::from_millis(20));
-                    if last_report.elapsed() < Duration::from_millis(200) {
-                        continue;
-                    }
-                    last_report = Instant::now();
-                    Python::attach(|py| {
-                        let done = state.done.load(Ordering::Relaxed);
-                        let reported = progress
-                            .as_ref()
-                            .map_or(Ok(()), |cb| cb.call1(py, (done,)).map(drop));
-                        if let Err(e) = reported.and_then(|()| py.check_signals()) {
-                            state.cancel.store(true, Ordering::Relaxed);
-                            interrupt.get_or_insert(e);
-                        }
-                    });
-                }
-                worker.join().expect("commit thread panicked")
+            catch_panic("commit", || {
+                crate::commit::run_watched(
+                    &state,
+                    REPORT_EVERY,
+                    || crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state),
+                    |done| {
+                        Python::attach(|py| {
+                            let reported = progress
+                                .as_ref()
+                                .map_or(Ok(()), |cb| cb.call1(py, (done,)).map(drop));
+                            match reported.and_then(|()| py.check_signals()) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    interrupt.get_or_insert(e);
+                                    false
+                                }
+                            }
+                        })
+                    },
+                )
             })
         });
         if let Some(e) = interrupt {
@@ -485,7 +546,7 @@ mod python {
     #[pyfunction]
     fn hash_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
         let digest = py
-            .detach(|| crate::hashing::hash_file(&path))
+            .detach(|| catch_panic("hash_file", || crate::hashing::hash_file(&path)))
             .map_err(to_py)?;
         Ok(PyBytes::new(py, &digest))
     }

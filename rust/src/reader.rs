@@ -3,7 +3,6 @@
 //! verification; and repair of a damaged shard into a verified replacement.
 
 use std::cell::RefCell;
-use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,11 +11,17 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::hashing::{chunk_count, chunk_hash};
 use crate::layout::{ObjectSpec, ShardSpec};
-use crate::shardio::{read_range_into, AtomicFile, Problem};
+use crate::local::LocalFiles;
+use crate::shardio::Problem;
 use crate::source::{ShardSink, ShardSource};
 
 /// Bytes verified, hashed or rebuilt per step when walking a whole shard.
 const WINDOW: u64 = 1 << 20;
+
+/// Byte budget of the chunks a reader without a shared cache keeps after rebuilding them
+/// (for the repair that usually follows a read through damage). Nothing is kept while
+/// nothing needs rebuilding.
+const REBUILT_BUDGET: usize = 32 << 20;
 
 /// What was wrong with a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +110,6 @@ fn damage_of(problem: Option<Problem>) -> Damage {
     }
 }
 
-static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     // Reused read buffer: a fresh large allocation per request would be returned to the OS
     // after every read (glibc trims big blocks), costing page faults on every request.
@@ -129,27 +132,36 @@ fn copy_overlap(src: &[u8], src_start: u64, out: &mut [u8], want_start: u64) {
 /// A verified reader over one object. Cheap to share between threads: it holds no open
 /// files (a repaired shard is a new inode, so every read opens the current one).
 ///
-/// Shards are local files under `spec.root` (a shard whose path is absolute lives where it
-/// says), or come from a [`ShardSource`]. Either way they can be read and verified; a local
-/// shard is repaired in place, a shard from a source only through a [`ShardSink`].
+/// Shard bytes come from a [`ShardSource`]: the object's local shard files unless another
+/// source is given. Either way they are read and verified by the same code. A shard is
+/// repaired through a [`ShardSink`]: local files are replaced in place; a reader over
+/// another source needs a sink to hand rebuilt shards to.
 pub struct Reader {
     spec: ObjectSpec,
-    id: u64,
     cache: Option<Arc<ChunkCache>>,
-    /// None: the shard files under `spec.root`.
-    source: Option<Box<dyn ShardSource>>,
-    /// Where repaired shards of a source-backed reader go.
+    /// Rebuilt chunks, when there is no shared cache to keep them in.
+    rebuilt: ChunkCache,
+    /// Reed-Solomon decodes run (see [`Reader::decode_count`]).
+    decodes: AtomicU64,
+    source: Box<dyn ShardSource>,
+    /// Where repaired shards go; none: the reader cannot repair.
     sink: Option<Box<dyn ShardSink>>,
 }
 
 impl Reader {
+    /// A reader over the object's local shard files, which it also repairs in place.
     pub fn new(spec: ObjectSpec) -> Self {
+        let files = LocalFiles::new(&spec);
+        Self::build(spec, None, Box::new(files.clone()), Some(Box::new(files)))
+    }
+
+    /// A reader over local files (see [`Reader::new`]) that keeps verified chunks it had
+    /// to read only partly (and rebuilt chunks) in `cache`, so neighbouring reads do not
+    /// read and hash them again.
+    pub fn with_cache(spec: ObjectSpec, cache: Arc<ChunkCache>) -> Self {
         Self {
-            spec,
-            id: NEXT_READER_ID.fetch_add(1, Ordering::Relaxed),
-            cache: None,
-            source: None,
-            sink: None,
+            cache: Some(cache),
+            ..Self::new(spec)
         }
     }
 
@@ -161,67 +173,67 @@ impl Reader {
         cache: Option<Arc<ChunkCache>>,
         source: Box<dyn ShardSource>,
     ) -> Self {
+        Self::build(spec, cache, source, None)
+    }
+
+    fn build(
+        spec: ObjectSpec,
+        cache: Option<Arc<ChunkCache>>,
+        source: Box<dyn ShardSource>,
+        sink: Option<Box<dyn ShardSink>>,
+    ) -> Self {
         Self {
+            spec,
             cache,
-            source: Some(source),
-            ..Self::new(spec)
+            rebuilt: ChunkCache::new(REBUILT_BUDGET),
+            decodes: AtomicU64::new(0),
+            source,
+            sink,
         }
     }
 
-    /// Give a source-backed reader somewhere to put repaired shards: `repair_shard` hands
-    /// each complete, verified shard to `sink`. A local reader repairs its files in place
-    /// and never uses a sink.
+    /// Hand repaired shards to `sink` (in place of any sink the reader had).
     pub fn with_sink(mut self, sink: Box<dyn ShardSink>) -> Self {
         self.sink = Some(sink);
         self
     }
 
-    /// Whether shards are local files (rather than bytes from a source).
-    pub fn is_local(&self) -> bool {
-        self.source.is_none()
-    }
-
-    /// Whether `repair_shard` can write a repaired shard: local files, or a sink.
+    /// Whether `repair_shard` can write a repaired shard: whether there is a sink.
     pub fn can_repair(&self) -> bool {
-        self.is_local() || self.sink.is_some()
+        self.sink.is_some()
     }
 
     /// Raw bytes of a shard range from the reader's source, zero-filled past what exists.
+    /// An error stops the operation (the source was told to stop).
     fn fetch(
         &self,
         stripe: usize,
         shard: usize,
         start: u64,
         buf: &mut [u8],
-    ) -> (usize, Option<Problem>) {
-        match &self.source {
-            None => read_range_into(&self.spec.path(stripe, shard), start, buf),
-            Some(source) => {
-                let (avail, problem) = source.read_range(stripe, shard, start, buf);
-                let avail = avail.min(buf.len());
-                buf[avail..].fill(0);
-                (avail, problem)
-            }
-        }
-    }
-
-    /// A reader that keeps verified chunks it had to read only partly (and rebuilt
-    /// chunks) in `cache`, so neighbouring reads do not read and hash them again.
-    pub fn with_cache(spec: ObjectSpec, cache: Arc<ChunkCache>) -> Self {
-        Self {
-            cache: Some(cache),
-            ..Self::new(spec)
-        }
+    ) -> Result<(usize, Option<Problem>)> {
+        let (avail, problem) = self.source.read_range(stripe, shard, start, buf)?;
+        let avail = avail.min(buf.len());
+        buf[avail..].fill(0);
+        Ok((avail, problem))
     }
 
     pub fn spec(&self) -> &ObjectSpec {
         &self.spec
     }
 
+    /// The cache key of a chunk: its manifest hash (its content).
     fn key(&self, stripe: usize, shard: usize, chunk: u64) -> Key {
-        (self.id, stripe as u32, shard as u32, chunk)
+        self.spec.stripes[stripe].shard(shard).hashes[chunk as usize]
     }
 
+    /// Where rebuilt chunks are kept: the shared cache, or the reader's own store.
+    fn kept(&self) -> &ChunkCache {
+        self.cache.as_deref().unwrap_or(&self.rebuilt)
+    }
+
+    /// A chunk from the shared cache (reads use nothing else: without a shared cache,
+    /// every read goes to the shards and reports the damage it finds).
     fn cached(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {
         self.cache.as_ref()?.get(&self.key(stripe, shard, chunk))
     }
@@ -232,6 +244,24 @@ impl Reader {
             .is_some_and(|c| c.contains(&self.key(stripe, shard, chunk)))
     }
 
+    /// Keep rebuilt (and verified) chunk bytes, with or without a shared cache: a repair
+    /// of the shard then takes them instead of decoding again.
+    fn keep_rebuilt(&self, stripe: usize, shard: usize, chunk: u64, data: &[u8]) {
+        self.kept().insert(self.key(stripe, shard, chunk), data);
+    }
+
+    /// A chunk kept after it was rebuilt (or cached), for a repair.
+    fn rebuilt_before(&self, stripe: usize, shard: usize, chunk: u64) -> Option<Arc<[u8]>> {
+        self.kept().get(&self.key(stripe, shard, chunk))
+    }
+
+    /// How many Reed-Solomon decodes this reader has run (for tests: proof that a repair
+    /// reused chunks a read had rebuilt).
+    #[doc(hidden)]
+    pub fn decode_count(&self) -> u64 {
+        self.decodes.load(Ordering::Relaxed)
+    }
+
     fn remember(&self, stripe: usize, shard: usize, chunk: u64, data: &[u8]) {
         if let Some(cache) = &self.cache {
             cache.insert(self.key(stripe, shard, chunk), data);
@@ -239,9 +269,14 @@ impl Reader {
     }
 
     /// Fill `out` with the file bytes at `offset`, every byte verified (rebuilt from parity
-    /// where a chunk fails). Shards found bad are added to `bad`.
+    /// where a chunk fails). Shards found bad are added to `bad`. An empty `out` reads
+    /// nothing, wherever it is (at or past the end included); a non-empty one must lie
+    /// within the object.
     pub fn read(&self, offset: u64, out: &mut [u8], bad: &mut Vec<BadShard>) -> Result<()> {
-        let end = offset + out.len() as u64;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let end = offset.saturating_add(out.len() as u64);
         if end > self.spec.size() {
             return Err(Error::Layout(format!(
                 "read {offset}..{end} past the end of a {}-byte object",
@@ -292,6 +327,14 @@ impl Reader {
             } else {
                 self.read_run_partial(stripe, shard, (j, jb), run, out, soff)
             };
+            let served = match served {
+                Ok(served) => served,
+                Err(e) => {
+                    // Bytes read in place may be unverified: leave none behind.
+                    out.fill(0);
+                    return Err(e);
+                }
+            };
             if let Err(damage) = served {
                 let (a, b) = run;
                 note(
@@ -316,7 +359,7 @@ impl Reader {
                 for c in j..jb {
                     let (ca, cb) = (c * chunk, ((c + 1) * chunk).min(spec.len));
                     let bytes = &rebuilt[(ca - a) as usize..(cb - a) as usize];
-                    self.remember(stripe, shard, c, bytes);
+                    self.keep_rebuilt(stripe, shard, c, bytes);
                 }
             }
             j = jb;
@@ -334,16 +377,16 @@ impl Reader {
         (a, b): (u64, u64),
         out: &mut [u8],
         soff: u64,
-    ) -> std::result::Result<(), Damage> {
+    ) -> Result<std::result::Result<(), Damage>> {
         let spec = &self.spec.stripes[stripe].data[shard];
         let dst = &mut out[(a - soff) as usize..(b - soff) as usize];
-        let (avail, problem) = self.fetch(stripe, shard, a, dst);
+        let (avail, problem) = self.fetch(stripe, shard, a, dst)?;
         let valid = check_chunks(spec, self.spec.chunk_size, j, dst, avail);
-        if valid.iter().all(|&v| v) {
+        Ok(if valid.iter().all(|&v| v) {
             Ok(())
         } else {
             Err(damage_of(problem))
-        }
+        })
     }
 
     /// Chunks `[j, jb)` (bytes `[a, b)`) of which the caller wants only a part: read them
@@ -356,17 +399,17 @@ impl Reader {
         (a, b): (u64, u64),
         out: &mut [u8],
         soff: u64,
-    ) -> std::result::Result<(), Damage> {
+    ) -> Result<std::result::Result<(), Damage>> {
         let spec = &self.spec.stripes[stripe].data[shard];
         let chunk = self.spec.chunk_size;
         let end = soff + out.len() as u64;
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             buf.resize((b - a) as usize, 0);
-            let (avail, problem) = self.fetch(stripe, shard, a, &mut buf);
+            let (avail, problem) = self.fetch(stripe, shard, a, &mut buf)?;
             let valid = check_chunks(spec, chunk, j, &buf, avail);
             if !valid.iter().all(|&v| v) {
-                return Err(damage_of(problem));
+                return Ok(Err(damage_of(problem)));
             }
             copy_overlap(&buf, a, out, soff);
             // Keep chunks this read needed only part of: the next read wants the rest.
@@ -377,7 +420,7 @@ impl Reader {
                     self.remember(stripe, shard, edge, bytes);
                 }
             }
-            Ok(())
+            Ok(Ok(()))
         })
     }
 
@@ -410,7 +453,7 @@ impl Reader {
             // A range wholly in the zero padding of a short data shard needs no read.
             let (avail, problem) = if a < spec.len {
                 let real = (b.min(spec.len) - a) as usize;
-                self.fetch(stripe, s, a, &mut buf[..real])
+                self.fetch(stripe, s, a, &mut buf[..real])?
             } else {
                 (0, None)
             };
@@ -459,6 +502,9 @@ impl Reader {
                         .flatten()
                 })
                 .collect();
+            if pattern[..k].iter().any(|&p| !p) {
+                self.decodes.fetch_add(1, Ordering::Relaxed);
+            }
             let restored = codec::reconstruct(k, &slices)?;
             for (i, data) in restored.into_iter().enumerate() {
                 if !pattern[i] {
@@ -488,32 +534,19 @@ impl Reader {
     }
 
     /// Verify every chunk of one shard (data or parity) and its length, reading through
-    /// the reader's source (local files or another source) window by window.
-    pub fn verify_shard(&self, stripe: usize, s: usize) -> ShardCheck {
+    /// the reader's source window by window. Fails only if the source says to stop.
+    pub fn verify_shard(&self, stripe: usize, s: usize) -> Result<ShardCheck> {
         let spec = self.spec.stripes[stripe].shard(s);
         let chunk = self.spec.chunk_size;
         let count = chunk_count(spec.len, chunk);
         let mut check = ShardCheck::default();
-        // A local file's length is known up front; a source's is probed at the end.
-        let local_len = if self.is_local() {
-            match fs::metadata(self.spec.path(stripe, s)) {
-                Ok(m) => Some(m.len()),
-                Err(_) => {
-                    check.bad_chunks = (0..count).collect();
-                    check.damage = Some(Damage::Missing);
-                    return check;
-                }
-            }
-        } else {
-            None
-        };
         let window = (WINDOW / chunk).max(1) * chunk;
         let mut buf = vec![0u8; window.min(spec.len) as usize];
         let mut a = 0;
         while a < spec.len {
             let b = (a + window).min(spec.len);
             let buf = &mut buf[..(b - a) as usize];
-            let (avail, problem) = self.fetch(stripe, s, a, buf);
+            let (avail, problem) = self.fetch(stripe, s, a, buf)?;
             let first = a / chunk;
             for (n, ok) in check_chunks(spec, chunk, first, buf, avail)
                 .into_iter()
@@ -532,84 +565,64 @@ impl Reader {
             }
             a = b;
         }
-        if check.damage.is_none() {
-            let oversized = match local_len {
-                Some(len) => len > spec.len,
-                None => self.source_has_more(stripe, s),
-            };
-            if oversized {
-                check.damage = Some(Damage::Oversized);
-            }
+        if check.damage.is_none() && self.source.has_more(stripe, s, spec.len)? {
+            check.damage = Some(Damage::Oversized);
         }
-        check
-    }
-
-    /// Whether a source-backed shard holds bytes past its recorded length: asks the
-    /// source for the one byte after the end.
-    fn source_has_more(&self, stripe: usize, s: usize) -> bool {
-        let len = self.spec.stripes[stripe].shard(s).len;
-        self.fetch(stripe, s, len, &mut [0u8; 1]).0 > 0
+        Ok(check)
     }
 
     /// Rebuild shard `s` of `stripe` if it is damaged: good chunks are kept, bad ones are
-    /// rebuilt from verified survivors and checked against the manifest.
+    /// rebuilt from verified survivors and checked against the manifest, and the whole
+    /// shard goes to the reader's sink (local files: a synced temporary file renamed over
+    /// the shard). Without a sink a damaged shard is an error.
     ///
-    /// A local shard is replaced through a synced temporary file. A shard from another
-    /// source is assembled whole in memory (in the same pass that verifies it, so each
-    /// byte is fetched once) and handed to the reader's sink; without a sink a damaged
-    /// shard is an error. Returns the number of chunks rebuilt (0 and nothing written when
-    /// the shard was healthy). On failure nothing is written: a local shard is left
-    /// exactly as it was and the sink is not called.
+    /// Returns the number of chunks rebuilt (0 and nothing written when the shard was
+    /// healthy). On failure nothing is written: the shard is left exactly as it was.
     pub fn repair_shard(&self, stripe: usize, s: usize, bad: &mut Vec<BadShard>) -> Result<u64> {
         let spec = self.spec.stripes[stripe].shard(s);
         let path = self.spec.path(stripe, s);
+        let Some(sink) = &self.sink else {
+            if self.verify_shard(stripe, s)?.is_ok() {
+                return Ok(0);
+            }
+            return Err(Error::NoSink {
+                stripe,
+                shard: s,
+                path,
+            });
+        };
+        sink.check(stripe, s)?;
+        if sink.verify_first() && self.verify_shard(stripe, s)?.is_ok() {
+            return Ok(0);
+        }
         let chunk = self.spec.chunk_size;
         let window = (WINDOW / chunk).max(1) * chunk;
+        let mut buf = vec![0u8; window.min(spec.len) as usize];
+        let mut out = None;
         let mut rebuilt = 0;
-        if self.is_local() {
-            if self.verify_shard(stripe, s).is_ok() {
-                return Ok(0);
-            }
-            let mut out = AtomicFile::create(&path)?;
-            let mut buf = vec![0u8; window.min(spec.len) as usize];
-            let mut a = 0;
-            while a < spec.len {
-                let b = (a + window).min(spec.len);
-                let buf = &mut buf[..(b - a) as usize];
-                rebuilt += self.mend_window(stripe, s, a, buf, bad)?;
-                out.write_all(buf)?;
-                a = b;
-            }
-            out.commit()?;
-        } else {
-            let Some(sink) = &self.sink else {
-                if self.verify_shard(stripe, s).is_ok() {
-                    return Ok(0);
-                }
-                return Err(Error::NoSink {
-                    stripe,
-                    shard: s,
-                    path,
-                });
+        let mut a = 0;
+        while a < spec.len {
+            let b = (a + window).min(spec.len);
+            let buf = &mut buf[..(b - a) as usize];
+            rebuilt += self.mend_window(stripe, s, a, buf, bad)?;
+            // Begun once the first window is rebuilt: a shard that cannot be rebuilt at
+            // all is refused before anything (a temporary file, a directory) is created.
+            let writer = match &mut out {
+                Some(writer) => writer,
+                None => out.insert(sink.begin(stripe, s, &path)?),
             };
-            let mut whole = vec![0u8; spec.len as usize];
-            for (w, buf) in whole.chunks_mut(window as usize).enumerate() {
-                rebuilt += self.mend_window(stripe, s, w as u64 * window, buf, bad)?;
-            }
-            // Every kind of damage but a tail past the end shows as bad chunks.
-            if rebuilt == 0 && !self.source_has_more(stripe, s) {
-                return Ok(0);
-            }
-            sink.store(stripe, s, &whole)
-                .map_err(|message| Error::Store {
-                    stripe,
-                    shard: s,
-                    path,
-                    message,
-                })?;
+            writer.write(buf)?;
+            a = b;
         }
-        // A truncated-but-otherwise-valid or oversized shard has no bad chunk but still
-        // needed rewriting; count it as one.
+        // Every kind of damage but a tail past the end shows as bad chunks. (Dropping the
+        // writer uncommitted leaves the shard as it was.)
+        if rebuilt == 0 && !self.source.has_more(stripe, s, spec.len)? {
+            return Ok(0);
+        }
+        if let Some(writer) = out {
+            writer.commit()?;
+        }
+        // An oversized shard has no bad chunk but still needed rewriting; count it as one.
         Ok(rebuilt.max(1))
     }
 
@@ -627,11 +640,29 @@ impl Reader {
         let spec = self.spec.stripes[stripe].shard(s);
         let chunk = self.spec.chunk_size;
         let c0 = a / chunk;
-        let (avail, _) = self.fetch(stripe, s, a, buf);
-        let valid = check_chunks(spec, chunk, c0, buf, avail);
+        let (avail, _) = self.fetch(stripe, s, a, buf)?;
+        let mut valid = check_chunks(spec, chunk, c0, buf, avail);
+        let mut rebuilt = 0;
+        // Bad chunks a read has already rebuilt (and verified) are taken as they are:
+        // decoding them again would give the same bytes.
+        for (n, ok) in valid.iter_mut().enumerate() {
+            let j = c0 + n as u64;
+            if *ok || j * chunk >= spec.len {
+                continue;
+            }
+            if let Some(bytes) = self.rebuilt_before(stripe, s, j) {
+                let lo = n * chunk as usize;
+                let len = (chunk.min(spec.len - j * chunk)) as usize;
+                // Held only after verification; checked again as it is about to be written.
+                if bytes.len() == len && chunk_hash(&bytes) == spec.hashes[j as usize] {
+                    buf[lo..lo + len].copy_from_slice(&bytes);
+                    *ok = true;
+                    rebuilt += 1;
+                }
+            }
+        }
         // Rebuild only this shard's runs of bad chunks, so that a position beyond parity
         // elsewhere in the window does not block repairing its own damage.
-        let mut rebuilt = 0;
         let mut r0 = 0;
         while r0 < valid.len() {
             if valid[r0] {

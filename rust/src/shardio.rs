@@ -1,21 +1,11 @@
-//! Reading byte ranges of shard files and replacing shard files atomically.
+//! Reading byte ranges of open shard files, and making directory entries durable.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use crate::error::{IoContext, Result};
-
-/// Bytes `[start, end)` of a shard file, zero-filled past what the file holds.
-pub struct RangeRead {
-    pub buf: Vec<u8>,
-    /// How many bytes from `start` were actually read from the file.
-    pub avail: usize,
-    /// Why fewer bytes than asked were read, when that happened.
-    pub problem: Option<Problem>,
-}
 
 /// What kept a range from being read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,46 +13,6 @@ pub enum Problem {
     Missing,
     Short,
     Unreadable,
-}
-
-/// Read `[start, end)` of `path`; never fails: a missing, short or unreadable file yields
-/// zeros with `avail` and `problem` saying so, and the caller's hash check rejects them.
-pub fn read_range(path: &Path, start: u64, end: u64) -> RangeRead {
-    let want = (end - start) as usize;
-    let mut buf = vec![0u8; want];
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            let problem = if e.kind() == io::ErrorKind::NotFound {
-                Problem::Missing
-            } else {
-                Problem::Unreadable
-            };
-            return RangeRead {
-                buf,
-                avail: 0,
-                problem: Some(problem),
-            };
-        }
-    };
-    let (avail, problem) = read_full_at(&file, &mut buf, start);
-    RangeRead {
-        buf,
-        avail,
-        problem,
-    }
-}
-
-/// Read `path` from `start` into `buf` (zero-filled past what the file holds): how many
-/// bytes were real, and why not all of them were if so.
-pub fn read_range_into(path: &Path, start: u64, buf: &mut [u8]) -> (usize, Option<Problem>) {
-    let (avail, problem) = match File::open(path) {
-        Ok(file) => read_full_at(&file, buf, start),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (0, Some(Problem::Missing)),
-        Err(_) => (0, Some(Problem::Unreadable)),
-    };
-    buf[avail..].fill(0);
-    (avail, problem)
 }
 
 /// pread until `buf` is full or the file ends; reports how far it got.
@@ -82,57 +32,4 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<
 /// fsync a directory so that renames and creations in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A file written next to its final path and renamed over it only once complete and synced.
-pub struct AtomicFile {
-    file: File,
-    tmp: PathBuf,
-    dest: PathBuf,
-}
-
-impl AtomicFile {
-    /// Create a temporary file in `dest`'s directory (creating the directory if needed).
-    pub fn create(dest: &Path) -> Result<Self> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).at(dir)?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(
-            ".{}.repair-{}-{}",
-            name.unwrap_or_default(),
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        Ok(Self {
-            file,
-            tmp,
-            dest: dest.to_path_buf(),
-        })
-    }
-
-    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).at(&self.tmp)
-    }
-
-    /// fsync, rename over the destination, fsync the directory.
-    pub fn commit(self) -> Result<()> {
-        self.file.sync_all().at(&self.tmp)?;
-        fs::rename(&self.tmp, &self.dest).at(&self.dest)?;
-        fsync_dir(self.dest.parent().unwrap_or(Path::new(".")))
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        // After a successful rename the temporary name no longer exists; otherwise this
-        // removes the abandoned attempt so no half-written file is left behind.
-        let _ = fs::remove_file(&self.tmp);
-    }
 }

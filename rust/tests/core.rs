@@ -14,6 +14,7 @@ use blockframe_core::codec;
 use blockframe_core::commit::{self, CommitOutput, PlanParity, PlanShard, PlanStripe, Progress};
 use blockframe_core::hashing::{self, Hash};
 use blockframe_core::layout::{ObjectSpec, ShardSpec, StripeSpec};
+use blockframe_core::local::LocalFiles;
 use blockframe_core::reader::{BadShard, Damage, Reader};
 use blockframe_core::Error;
 
@@ -516,13 +517,16 @@ fn parity_len(stripe: &PlanStripe) -> u64 {
     longest.div_ceil(64) * 64
 }
 
-/// The layout of a committed plan: each shard's path is `place(root index, planned path)`.
+/// How a layout names a shard: `(root index, planned path, length, hashes)` to its spec.
+type Placer<'a> = &'a dyn Fn(usize, &Path, u64, Vec<Hash>) -> ShardSpec;
+
+/// The layout of a committed plan, each shard named by `place`.
 fn layout_of(
     plan: &[PlanStripe],
     out: &CommitOutput,
     chunk: u64,
     root: &Path,
-    place: &dyn Fn(usize, &Path) -> PathBuf,
+    place: Placer<'_>,
 ) -> ObjectSpec {
     let stripes = plan
         .iter()
@@ -534,21 +538,13 @@ fn layout_of(
                     .data
                     .iter()
                     .zip(&hashes[..k])
-                    .map(|(d, h)| ShardSpec {
-                        path: place(d.root, &d.path),
-                        len: d.len,
-                        hashes: h.clone(),
-                    })
+                    .map(|(d, h)| place(d.root, &d.path, d.len, h.clone()))
                     .collect(),
                 parity: st
                     .parity
                     .iter()
                     .zip(&hashes[k..])
-                    .map(|(p, h)| ShardSpec {
-                        path: place(p.root, &p.path),
-                        len: parity_len(st),
-                        hashes: h.clone(),
-                    })
+                    .map(|(p, h)| place(p.root, &p.path, parity_len(st), h.clone()))
                     .collect(),
             }
         })
@@ -597,7 +593,7 @@ impl Fixture {
             &self.out,
             self.g.chunk,
             &self.root,
-            &|_, rel| rel.to_path_buf(),
+            &|_, rel, len, hashes| ShardSpec::new(rel, len, hashes),
         )
     }
 
@@ -843,7 +839,7 @@ fn check_commit_round_trip(size: u64, g: Geometry, seed: u64) {
     );
     for si in 0..f.plan.len() {
         for s in 0..f.shard_count(si) {
-            let check = reader.verify_shard(si, s);
+            let check = reader.verify_shard(si, s).unwrap();
             assert!(
                 check.is_ok() && check.bad_chunks.is_empty(),
                 "{what}: {si}/{s} {check:?}"
@@ -1113,7 +1109,7 @@ fn damage_up_to_m_shards_is_read_through_and_repaired() {
             // Whole-shard verification finds exactly the damage done.
             for si in 0..f.plan.len() {
                 for s in 0..f.shard_count(si) {
-                    let check = reader.verify_shard(si, s);
+                    let check = reader.verify_shard(si, s).unwrap();
                     match harms.iter().find(|(hs, _)| si == stripe && *hs == s) {
                         Some(&(_, harm)) => {
                             assert_eq!(check.damage, Some(harm.damage()), "{what}: shard {s}");
@@ -1164,7 +1160,10 @@ fn damage_up_to_m_shards_is_read_through_and_repaired() {
                             "{what}: {si}/{s} rewritten"
                         );
                     }
-                    assert!(reader.verify_shard(si, s).is_ok(), "{what}: {si}/{s}");
+                    assert!(
+                        reader.verify_shard(si, s).unwrap().is_ok(),
+                        "{what}: {si}/{s}"
+                    );
                     assert!(fs::read(f.path(si, s)).unwrap() == originals[si][s]);
                 }
             }
@@ -1279,7 +1278,7 @@ fn verify_shard_reports_exact_chunks() {
         for harm in harms {
             harm.apply(&f.path(stripe, s));
         }
-        let check = reader.verify_shard(stripe, s);
+        let check = reader.verify_shard(stripe, s).unwrap();
         assert_eq!(check.damage, damage, "{stripe}/{s} {harms:?}");
         assert_eq!(check.bad_chunks, chunks, "{stripe}/{s} {harms:?}");
         assert_eq!(check.is_ok(), damage.is_none());
@@ -1383,9 +1382,15 @@ fn damage_beyond_m_is_unrecoverable_and_never_made_worse() {
     assert_eq!(reader.repair_shard(1, 1, &mut Vec::new()).unwrap(), 0);
     assert_eq!(reader.repair_shard(1, 4, &mut Vec::new()).unwrap(), 0);
     // Verification still names the damage exactly.
-    assert_eq!(reader.verify_shard(1, 0).bad_chunks, vec![0, 1, 2, 3]);
-    assert_eq!(reader.verify_shard(1, 2).damage, Some(Damage::Missing));
-    assert_eq!(reader.verify_shard(1, 3).bad_chunks, vec![1]);
+    assert_eq!(
+        reader.verify_shard(1, 0).unwrap().bad_chunks,
+        vec![0, 1, 2, 3]
+    );
+    assert_eq!(
+        reader.verify_shard(1, 2).unwrap().damage,
+        Some(Damage::Missing)
+    );
+    assert_eq!(reader.verify_shard(1, 3).unwrap().bad_chunks, vec![1]);
 
     // Once one shard comes back (say from a backup), the rest repairs exactly.
     fs::write(f.path(1, 2), &originals[1][2]).unwrap();
@@ -1454,6 +1459,27 @@ fn err_message_mentions(reader: &Reader, offset: u64, text: &str) -> bool {
 }
 
 #[test]
+fn empty_reads_at_and_past_the_end_return_nothing() {
+    let f = damage_fixture(31);
+    let reader = f.reader();
+    let size = f.data.len() as u64;
+    for offset in [0, size / 2, size, size + 1, size + 1000, u64::MAX] {
+        let mut bad = Vec::new();
+        reader
+            .read(offset, &mut [], &mut bad)
+            .unwrap_or_else(|e| panic!("empty read at {offset}: {e}"));
+        assert!(bad.is_empty());
+    }
+    // A non-empty read that does not fit is still refused, whatever the offset.
+    for offset in [size, size - 1, u64::MAX] {
+        let err = reader
+            .read(offset, &mut [0u8; 2], &mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+    }
+}
+
+#[test]
 fn concurrent_readers_get_exact_bytes() {
     let f = damage_fixture(16);
     let reader = f.reader();
@@ -1487,7 +1513,7 @@ fn wrong_manifest_never_yields_unverified_bytes() {
     let altered = fs::read(&parity0).unwrap();
     spec.stripes[0].parity[0].hashes = hashing::chunk_hashes(&altered, f.g.chunk as usize);
     let reader = Reader::new(spec);
-    assert!(reader.verify_shard(0, 3).is_ok());
+    assert!(reader.verify_shard(0, 3).unwrap().is_ok());
     Harm::Delete.apply(&f.path(0, 1));
 
     // Chunk 0 of data shard 1 decodes right; chunk 1 does not and is refused.
@@ -1511,7 +1537,7 @@ fn wrong_manifest_never_yields_unverified_bytes() {
     let mut spec = f.spec();
     spec.stripes[1].parity[1].hashes[2] = hashing::chunk_hash(b"not this chunk");
     let reader = Reader::new(spec);
-    assert_eq!(reader.verify_shard(1, 4).bad_chunks, vec![2]);
+    assert_eq!(reader.verify_shard(1, 4).unwrap().bad_chunks, vec![2]);
     let before = identity(&f.path(1, 4));
     let err = reader.repair_shard(1, 4, &mut Vec::new()).unwrap_err();
     match &err {
@@ -1552,7 +1578,7 @@ fn repair_rebuilds_only_damaged_chunks() {
     assert_eq!(reader.repair_shard(0, 3, &mut Vec::new()).unwrap(), 2);
     // One chunk of a parity shard (its last, 64-byte-padded tail chunk).
     Harm::Flip(20030).apply(&f.path(0, 5));
-    assert_eq!(reader.verify_shard(0, 5).bad_chunks, vec![19]);
+    assert_eq!(reader.verify_shard(0, 5).unwrap().bad_chunks, vec![19]);
     assert_eq!(reader.repair_shard(0, 5, &mut Vec::new()).unwrap(), 1);
     // A data chunk whose repair needs the parity range of that chunk only, while another
     // parity chunk elsewhere is bad: the two ranges do not interact.
@@ -1578,7 +1604,7 @@ fn repair_recreates_a_deleted_parity_directory() {
     // Reads need no parity while the data is intact.
     assert!(read_ok(&reader, &f.data, 0, f.data.len()).is_empty());
     for s in [3, 4] {
-        let check = reader.verify_shard(1, s);
+        let check = reader.verify_shard(1, s).unwrap();
         assert_eq!(check.damage, Some(Damage::Missing));
         assert_eq!(check.bad_chunks, vec![0, 1, 2, 3]);
         assert_eq!(reader.repair_shard(1, s, &mut Vec::new()).unwrap(), 4);
@@ -1601,7 +1627,7 @@ fn repair_in_a_later_window_of_a_long_shard() {
     let reader = f.reader();
     let originals = f.expected_shards();
     Harm::Flip((1 << 20) + 65536 + 5).apply(&f.path(0, 0));
-    assert_eq!(reader.verify_shard(0, 0).bad_chunks, vec![5]);
+    assert_eq!(reader.verify_shard(0, 0).unwrap().bad_chunks, vec![5]);
     Harm::Flip(3).apply(&f.path(0, 2));
     assert_eq!(reader.repair_shard(0, 0, &mut Vec::new()).unwrap(), 1);
     assert_eq!(reader.repair_shard(0, 2, &mut Vec::new()).unwrap(), 1);
@@ -1827,12 +1853,52 @@ fn cache_holds_rebuilt_chunks_and_never_unverified_ones() {
     assert_eq!(cache.stats().0, entries);
 }
 
+#[test]
+fn readers_of_the_same_object_share_cached_chunks() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    // The cache is keyed by chunk content, not by reader: a second reader of the object
+    // (a reopening, another file handle, another mount) finds what the first one kept.
+    let f = damage_fixture(79);
+    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let first = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    // An unaligned read keeps its edge chunks; a damaged chunk is rebuilt and kept.
+    Harm::Flip(700).apply(&f.path(0, 1));
+    let start = f.start(0, 1) + 600;
+    let mut bad = Vec::new();
+    let mut out = vec![0u8; 300];
+    first.read(start, &mut out, &mut bad).unwrap();
+    assert!(out[..] == f.data[start as usize..start as usize + 300]);
+    assert_eq!(bad.len(), 1);
+    let (entries, ..) = cache.stats();
+    assert!(entries > 0);
+
+    // Without the shards of that stripe, a new reader serves the same range from the cache
+    // alone, every chunk a hit.
+    for s in 0..f.shard_count(0) {
+        Harm::Delete.apply(&f.path(0, s));
+    }
+    let second = Reader::with_cache(f.spec(), Arc::clone(&cache));
+    let (_, _, _, hits, misses) = cache.stats();
+    let mut again = vec![0u8; 300];
+    let mut bad = Vec::new();
+    second.read(start, &mut again, &mut bad).unwrap();
+    assert!(again == out && bad.is_empty());
+    let (_, _, _, hits2, misses2) = cache.stats();
+    assert!(hits2 > hits, "the second reader hit nothing");
+    assert_eq!(misses2, misses, "the second reader missed");
+    // A reader with its own cache has nothing to go on.
+    let cold = Reader::with_cache(f.spec(), Arc::new(ChunkCache::new(1 << 20)));
+    let err = cold.read(start, &mut again, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, Error::Unrecoverable { .. }), "{err:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Readers over another shard source (the remote client's path).
 
 struct FlakySource {
-    root: PathBuf,
-    paths: Vec<Vec<PathBuf>>,
+    files: LocalFiles,
     /// (stripe, shard) whose bytes are corrupted on the way
     corrupt: (usize, usize),
     /// (stripe, shard) that cannot be fetched at all
@@ -1846,43 +1912,31 @@ impl blockframe_core::source::ShardSource for FlakySource {
         shard: usize,
         start: u64,
         buf: &mut [u8],
-    ) -> (usize, Option<blockframe_core::shardio::Problem>) {
-        use blockframe_core::shardio::{read_range_into, Problem};
+    ) -> blockframe_core::Result<(usize, Option<blockframe_core::shardio::Problem>)> {
+        use blockframe_core::shardio::Problem;
         if (stripe, shard) == self.unreadable {
-            return (0, Some(Problem::Unreadable));
+            return Ok((0, Some(Problem::Unreadable)));
         }
-        let r = read_range_into(&self.root.join(&self.paths[stripe][shard]), start, buf);
+        let r = self.files.read_range(stripe, shard, start, buf)?;
         if (stripe, shard) == self.corrupt && r.0 > 0 {
             buf[0] ^= 0x80;
         }
-        r
+        Ok(r)
     }
 }
 
 #[test]
 fn reader_over_another_source_verifies_and_rebuilds() {
     let f = damage_fixture(91);
-    let paths: Vec<Vec<PathBuf>> = f
-        .plan
-        .iter()
-        .map(|st| {
-            st.data
-                .iter()
-                .map(|d| d.path.clone())
-                .chain(st.parity.iter().map(|p| p.path.clone()))
-                .collect()
-        })
-        .collect();
     // One corrupted-in-transit data shard and one unreachable shard in stripe 1: within
     // parity (m = 2), so every byte still comes back exact.
     let source = FlakySource {
-        root: f.root.clone(),
-        paths: paths.clone(),
+        files: LocalFiles::new(&f.spec()),
         corrupt: (1, 0),
         unreadable: (1, 2),
     };
     let reader = Reader::with_source(f.spec(), None, Box::new(source));
-    assert!(!reader.is_local());
+    assert!(!reader.can_repair());
     let mut out = vec![0u8; f.data.len()];
     let mut bad = Vec::new();
     reader.read(0, &mut out, &mut bad).unwrap();
@@ -1901,16 +1955,15 @@ fn reader_over_another_source_verifies_and_rebuilds() {
             shard: usize,
             start: u64,
             buf: &mut [u8],
-        ) -> (usize, Option<blockframe_core::shardio::Problem>) {
+        ) -> blockframe_core::Result<(usize, Option<blockframe_core::shardio::Problem>)> {
             if (stripe, shard) == (1, 1) {
-                return (0, Some(blockframe_core::shardio::Problem::Missing));
+                return Ok((0, Some(blockframe_core::shardio::Problem::Missing)));
             }
             self.0.read_range(stripe, shard, start, buf)
         }
     }
     let worse = Worse(FlakySource {
-        root: f.root.clone(),
-        paths,
+        files: LocalFiles::new(&f.spec()),
         corrupt: (1, 0),
         unreadable: (1, 2),
     });
@@ -1995,33 +2048,42 @@ fn commit_to_several_roots_places_every_shard() {
         assert_eq!(files_under(root), wanted[r], "root {r}");
     }
 
-    // A layout of absolute shard paths (one per volume) reads, verifies and repairs like a
-    // local object; its own root is never used.
-    let spec = layout_of(
-        &plan,
-        &out,
-        g.chunk,
-        &dir.path().join("unused"),
-        &|r, rel| roots[r].0.join(rel),
-    );
-    assert!(spec.path(0, 0).is_absolute());
-    let reader = Reader::new(spec);
-    let mut all = vec![0u8; size as usize];
-    let mut bad = Vec::new();
-    reader.read(0, &mut all, &mut bad).unwrap();
-    assert!(all == f.data && bad.is_empty());
-    let victim = roots[1].0.join(&plan[1].data[0].path);
-    Harm::Flip(300).apply(&victim);
-    let parity = roots[2].0.join(&plan[1].parity[1].path);
-    Harm::Delete.apply(&parity);
-    assert_eq!(reader.verify_shard(1, 0).bad_chunks, vec![1]);
-    assert_eq!(reader.verify_shard(1, 4).damage, Some(Damage::Missing));
-    assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 1);
-    assert_eq!(reader.repair_shard(1, 4, &mut Vec::new()).unwrap(), 4);
-    assert!(fs::read(&victim).unwrap() == expected[1][0]);
-    assert!(fs::read(&parity).unwrap() == expected[1][4]);
-    for (root, _) in &roots {
-        assert_no_temporaries(root);
+    // A layout whose shards name their own object directory (one per volume), and one of
+    // absolute shard paths, read, verify and repair like a local object; the object's own
+    // root is never used.
+    let own_dir = |r: usize, rel: &Path, len, hashes| ShardSpec {
+        dir: Some(roots[r].0.clone()),
+        ..ShardSpec::new(rel, len, hashes)
+    };
+    let absolute =
+        |r: usize, rel: &Path, len, hashes| ShardSpec::new(roots[r].0.join(rel), len, hashes);
+    for place in [&own_dir as Placer<'_>, &absolute] {
+        let spec = layout_of(&plan, &out, g.chunk, &dir.path().join("unused"), place);
+        assert_eq!(
+            spec.path(0, 0),
+            roots[plan[0].data[0].root].0.join(&plan[0].data[0].path)
+        );
+        let reader = Reader::new(spec);
+        let mut all = vec![0u8; size as usize];
+        let mut bad = Vec::new();
+        reader.read(0, &mut all, &mut bad).unwrap();
+        assert!(all == f.data && bad.is_empty());
+        let victim = roots[1].0.join(&plan[1].data[0].path);
+        Harm::Flip(300).apply(&victim);
+        let parity = roots[2].0.join(&plan[1].parity[1].path);
+        Harm::Delete.apply(&parity);
+        assert_eq!(reader.verify_shard(1, 0).unwrap().bad_chunks, vec![1]);
+        assert_eq!(
+            reader.verify_shard(1, 4).unwrap().damage,
+            Some(Damage::Missing)
+        );
+        assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 1);
+        assert_eq!(reader.repair_shard(1, 4, &mut Vec::new()).unwrap(), 4);
+        assert!(fs::read(&victim).unwrap() == expected[1][0]);
+        assert!(fs::read(&parity).unwrap() == expected[1][4]);
+        for (root, _) in &roots {
+            assert_no_temporaries(root);
+        }
     }
     assert!(!dir.path().join("unused").exists());
 
@@ -2154,10 +2216,10 @@ impl blockframe_core::source::ShardSource for BucketHandle {
         shard: usize,
         start: u64,
         buf: &mut [u8],
-    ) -> (usize, Option<blockframe_core::shardio::Problem>) {
+    ) -> blockframe_core::Result<(usize, Option<blockframe_core::shardio::Problem>)> {
         use blockframe_core::shardio::Problem;
         self.0.fetches.fetch_add(1, Ordering::Relaxed);
-        match &self.0.shards.lock().unwrap()[stripe][shard] {
+        Ok(match &self.0.shards.lock().unwrap()[stripe][shard] {
             None => (0, Some(Problem::Missing)),
             Some(bytes) => {
                 let start = (start as usize).min(bytes.len());
@@ -2165,22 +2227,30 @@ impl blockframe_core::source::ShardSource for BucketHandle {
                 buf[..n].copy_from_slice(&bytes[start..start + n]);
                 (n, (n < buf.len()).then_some(Problem::Short))
             }
-        }
+        })
     }
 }
 
 impl blockframe_core::source::ShardSink for BucketHandle {
-    fn store(&self, stripe: usize, shard: usize, data: &[u8]) -> Result<(), String> {
-        if let Some(message) = &self.0.refuse {
-            return Err(message.clone());
-        }
-        self.0
-            .stored
-            .lock()
-            .unwrap()
-            .push((stripe, shard, data.to_vec()));
-        self.0.edit(stripe, shard, |s| *s = Some(data.to_vec()));
-        Ok(())
+    fn begin(
+        &self,
+        stripe: usize,
+        shard: usize,
+        path: &Path,
+    ) -> blockframe_core::Result<Box<dyn blockframe_core::source::ShardWriter + '_>> {
+        use blockframe_core::source::{Gather, Refusal};
+        Ok(Box::new(Gather::new(stripe, shard, path, move |data| {
+            if let Some(message) = &self.0.refuse {
+                return Err(Refusal::Message(message.clone()));
+            }
+            self.0
+                .stored
+                .lock()
+                .unwrap()
+                .push((stripe, shard, data.clone()));
+            self.0.edit(stripe, shard, |s| *s = Some(data));
+            Ok(())
+        })))
     }
 }
 
@@ -2213,10 +2283,13 @@ fn verify_through_a_source_matches_local_verification() {
     let bucket = Bucket::of(&f);
     let remote = bucket_reader(&f, &bucket, false);
     let local = f.reader();
-    assert!(!remote.is_local() && !remote.can_repair() && local.can_repair());
+    assert!(!remote.can_repair() && local.can_repair());
     for si in 0..f.plan.len() {
         for s in 0..f.shard_count(si) {
-            let (l, r) = (local.verify_shard(si, s), remote.verify_shard(si, s));
+            let (l, r) = (
+                local.verify_shard(si, s).unwrap(),
+                remote.verify_shard(si, s).unwrap(),
+            );
             assert_eq!(
                 (l.damage, &l.bad_chunks),
                 (r.damage, &r.bad_chunks),
@@ -2275,7 +2348,10 @@ fn repair_through_a_sink_restores_exact_bytes() {
     ];
     for (n, (stripe, s, harm, damage, rebuilt)) in cases.iter().enumerate() {
         bucket.edit(*stripe, *s, harm);
-        assert_eq!(reader.verify_shard(*stripe, *s).damage, Some(*damage));
+        assert_eq!(
+            reader.verify_shard(*stripe, *s).unwrap().damage,
+            Some(*damage)
+        );
         let mut bad = Vec::new();
         let got = reader.repair_shard(*stripe, *s, &mut bad).unwrap();
         assert_eq!(got, *rebuilt, "{stripe}/{s} {damage:?}");
@@ -2287,7 +2363,7 @@ fn repair_through_a_sink_restores_exact_bytes() {
             *bytes == originals[*stripe][*s],
             "{stripe}/{s}: stored bytes"
         );
-        assert!(reader.verify_shard(*stripe, *s).is_ok());
+        assert!(reader.verify_shard(*stripe, *s).unwrap().is_ok());
         assert_eq!(
             reader.repair_shard(*stripe, *s, &mut Vec::new()).unwrap(),
             0
@@ -2379,14 +2455,14 @@ fn source_repair_of_a_shard_longer_than_a_window() {
     let bucket = Bucket::of(&f);
     let reader = bucket_reader(&f, &bucket, true);
     bucket.edit(0, 0, |s| s.as_mut().unwrap()[(1 << 20) + 65536 + 5] ^= 1);
-    assert_eq!(reader.verify_shard(0, 0).bad_chunks, vec![5]);
+    assert_eq!(reader.verify_shard(0, 0).unwrap().bad_chunks, vec![5]);
     assert_eq!(reader.repair_shard(0, 0, &mut Vec::new()).unwrap(), 1);
     assert!(bucket.get(0, 0).unwrap() == originals[0][0]);
 
     // A missing shard is verified with one fetch, not one per window.
     bucket.edit(0, 2, |s| *s = None);
     bucket.fetches.store(0, Ordering::Relaxed);
-    let check = reader.verify_shard(0, 2);
+    let check = reader.verify_shard(0, 2).unwrap();
     assert_eq!(check.damage, Some(Damage::Missing));
     assert_eq!(check.bad_chunks, (0..6).collect::<Vec<u64>>());
     assert_eq!(bucket.fetches.load(Ordering::Relaxed), 1);
@@ -2394,9 +2470,415 @@ fn source_repair_of_a_shard_longer_than_a_window() {
     assert!(bucket.get(0, 2).unwrap() == originals[0][2]);
     // A shard cut short in its first window: every later chunk is bad, counted exactly.
     bucket.edit(0, 1, |s| s.as_mut().unwrap().truncate(1000));
-    let check = reader.verify_shard(0, 1);
+    let check = reader.verify_shard(0, 1).unwrap();
     assert_eq!(check.damage, Some(Damage::Short));
     assert_eq!(check.bad_chunks, (0..6).collect::<Vec<u64>>());
     assert_eq!(reader.repair_shard(0, 1, &mut Vec::new()).unwrap(), 6);
     assert!(bucket.get(0, 1).unwrap() == originals[0][1]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Watching a commit: progress reports, cancellation, no polling floor, no panics.
+
+#[test]
+fn a_watched_job_returns_as_soon_as_it_finishes() {
+    // The wait ends when the worker does, not at the next poll: a hundred instant jobs
+    // watched with an hour between reports take far less than a second. (A 20 ms polling
+    // sleep, as before, needed at least two seconds for them.)
+    let progress = Progress::default();
+    let started = std::time::Instant::now();
+    let mut reports = 0;
+    for i in 0..100u64 {
+        let got = commit::run_watched(
+            &progress,
+            std::time::Duration::from_secs(3600),
+            || Ok(i * 2),
+            |_| {
+                reports += 1;
+                true
+            },
+        );
+        assert_eq!(got.unwrap(), i * 2);
+    }
+    assert_eq!(reports, 0);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_watched_job_reports_progress_and_stops_when_asked() {
+    let progress = Progress::default();
+    let mut seen = Vec::new();
+    let got: blockframe_core::Result<()> = commit::run_watched(
+        &progress,
+        std::time::Duration::from_millis(1),
+        || {
+            // Work that only ends when cancelled, moving its progress counter.
+            while !progress.cancel.load(Ordering::Relaxed) {
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+            Err(Error::Cancelled)
+        },
+        |done| {
+            seen.push(done);
+            seen.len() < 3
+        },
+    );
+    assert!(matches!(got, Err(Error::Cancelled)), "{got:?}");
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}
+
+#[test]
+fn a_panicking_worker_is_an_error_with_context() {
+    let progress = Progress::default();
+    let got: blockframe_core::Result<()> = commit::run_watched(
+        &progress,
+        std::time::Duration::from_secs(3600),
+        || panic!("worker exploded"),
+        |_| true,
+    );
+    match got {
+        Err(e @ Error::Panicked { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("commit worker thread") && text.contains("worker exploded"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    let caught =
+        blockframe_core::error::catch_panic("a read", || -> blockframe_core::Result<()> {
+            panic!("{} went wrong", 42)
+        });
+    assert_eq!(
+        caught.unwrap_err().to_string(),
+        "internal error in a read: 42 went wrong"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Links, FIFOs and vanished objects: nothing inside an object is followed or waited on.
+
+/// Bytes, inode and mtime of every file under `dir` (never following a link), keyed by
+/// path relative to `dir`; links are recorded by their target.
+#[cfg(unix)]
+fn tree_state(dir: &Path) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u64, i64, i64)> {
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<PathBuf, (Vec<u8>, u64, i64, i64)>,
+    ) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let md = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(base).unwrap().to_path_buf();
+            if md.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                let raw = target.as_os_str().as_encoded_bytes().to_vec();
+                out.insert(rel, (raw, md.ino(), md.mtime(), md.mtime_nsec()));
+            } else if md.is_dir() {
+                out.insert(rel, (Vec::new(), md.ino(), md.mtime(), md.mtime_nsec()));
+                walk(base, &path, out);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                out.insert(rel, (bytes, md.ino(), md.mtime(), md.mtime_nsec()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Move `path` (a directory or file of the object) to `outside` and leave a symbolic link
+/// to it in its place.
+#[cfg(unix)]
+fn replace_with_link(path: &Path, outside: &Path) {
+    fs::rename(path, outside).unwrap();
+    std::os::unix::fs::symlink(outside, path).unwrap();
+}
+
+#[cfg(unix)]
+fn is_link(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+#[cfg(unix)]
+#[test]
+fn a_linked_parity_directory_is_not_followed_and_repair_replaces_the_link() {
+    let f = damage_fixture(61);
+    let originals = f.expected_shards();
+    let reader = f.reader();
+    // The parity directory of stripe 1 becomes a link to an outside directory holding
+    // exactly the right parity bytes: were the link followed, they would verify.
+    let outside = tempfile::tempdir().unwrap();
+    let parity_dir = f.path(1, 3).parent().unwrap().to_path_buf();
+    let target = outside.path().join("parity");
+    replace_with_link(&parity_dir, &target);
+    let before = tree_state(outside.path());
+
+    for s in [3, 4] {
+        let check = reader.verify_shard(1, s).unwrap();
+        assert_eq!(check.damage, Some(Damage::Unreadable), "parity {s}");
+    }
+    // The data shards still read (no parity is needed for that).
+    assert!(read_ok(&reader, &f.data, 0, f.data.len()).is_empty());
+
+    // Repair puts real parity back inside the object, in a real directory in place of the
+    // link, and writes nothing through the link.
+    for s in [3, 4] {
+        assert_eq!(reader.repair_shard(1, s, &mut Vec::new()).unwrap(), 4);
+    }
+    assert!(!is_link(&parity_dir) && parity_dir.is_dir());
+    assert_stripe_restored(&f, 1, &originals[1]);
+    assert_eq!(
+        tree_state(outside.path()),
+        before,
+        "the outside directory changed"
+    );
+    assert_no_temporaries(&f.root);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_linked_block_directory_is_not_followed() {
+    let f = damage_fixture(62);
+    let reader = f.reader();
+    let outside = tempfile::tempdir().unwrap();
+    // All of block 0 (every shard of stripe 0, intact) behind a link.
+    let block = f.root.join("blocks/block_0");
+    replace_with_link(&block, &outside.path().join("block_0"));
+    let before = tree_state(outside.path());
+    for s in 0..f.shard_count(0) {
+        assert_eq!(
+            reader.verify_shard(0, s).unwrap().damage,
+            Some(Damage::Unreadable)
+        );
+    }
+    // Stripe 0 is lost (every shard is unreadable): reads fail, never read through it.
+    let err = reader.read(0, &mut [0u8; 10], &mut Vec::new()).unwrap_err();
+    assert!(
+        matches!(err, Error::Unrecoverable { stripe: 0, .. }),
+        "{err:?}"
+    );
+    // Other stripes are untouched.
+    let start = f.start(1, 0) as usize;
+    read_ok(&reader, &f.data, start as u64, f.data.len() - start);
+    // Repair fails cleanly: nothing written, the link left as it was.
+    for s in 0..f.shard_count(0) {
+        let err = reader.repair_shard(0, s, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, Error::Unrecoverable { .. }), "{err:?}");
+    }
+    assert!(is_link(&block));
+    assert_eq!(
+        tree_state(outside.path()),
+        before,
+        "the outside directory changed"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_linked_shard_file_is_not_followed_and_repair_replaces_the_link() {
+    let f = damage_fixture(63);
+    let originals = f.expected_shards();
+    let reader = f.reader();
+    let outside = tempfile::tempdir().unwrap();
+    // A data shard and a parity shard become links: one to a copy of its own right bytes,
+    // one to a file of the user's that a repair through the link would overwrite.
+    let data = f.path(1, 0);
+    replace_with_link(&data, &outside.path().join("segment_0.dat"));
+    let precious = outside.path().join("precious.txt");
+    fs::write(&precious, b"not yours").unwrap();
+    let parity = f.path(1, 4);
+    fs::remove_file(&parity).unwrap();
+    std::os::unix::fs::symlink(&precious, &parity).unwrap();
+    let before = tree_state(outside.path());
+
+    assert_eq!(
+        reader.verify_shard(1, 0).unwrap().damage,
+        Some(Damage::Unreadable)
+    );
+    assert_eq!(
+        reader.verify_shard(1, 4).unwrap().damage,
+        Some(Damage::Unreadable)
+    );
+    // The data shard's bytes are rebuilt from parity, and it is reported.
+    let bad = read_ok(&reader, &f.data, f.start(1, 0), 1000);
+    assert_eq!(
+        bad,
+        vec![BadShard {
+            stripe: 1,
+            shard: 0,
+            damage: Damage::Unreadable
+        }]
+    );
+    for s in [0, 4] {
+        assert_eq!(reader.repair_shard(1, s, &mut Vec::new()).unwrap(), 4);
+    }
+    assert!(!is_link(&data) && !is_link(&parity));
+    assert_stripe_restored(&f, 1, &originals[1]);
+    assert_eq!(
+        tree_state(outside.path()),
+        before,
+        "the outside directory changed"
+    );
+    assert_no_temporaries(&f.root);
+}
+
+#[cfg(unix)]
+#[test]
+fn links_planted_at_temporary_names_are_never_written_through() {
+    let f = damage_fixture(64);
+    let originals = f.expected_shards();
+    let reader = f.reader();
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious.txt");
+    fs::write(&precious, b"not yours").unwrap();
+    // The names the old repair would have used (pid and a counter from 0), all links.
+    let parity = f.path(2, 3);
+    let dir = parity.parent().unwrap();
+    for n in 0..64 {
+        let name = format!(".parity_0.dat.repair-{}-{n}", std::process::id());
+        std::os::unix::fs::symlink(&precious, dir.join(name)).unwrap();
+    }
+    Harm::Flip(5).apply(&parity);
+    let before = tree_state(outside.path());
+    assert_eq!(reader.repair_shard(2, 3, &mut Vec::new()).unwrap(), 1);
+    assert!(fs::read(&parity).unwrap() == originals[2][3]);
+    assert_eq!(
+        tree_state(outside.path()),
+        before,
+        "the outside directory changed"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_a_shard_is_unreadable_not_waited_on() {
+    let f = damage_fixture(65);
+    let originals = f.expected_shards();
+    let data = f.path(1, 1);
+    fs::remove_file(&data).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = std::sync::Arc::new(f.reader());
+    // Run against a deadline: a reader that opened the FIFO for reading would block
+    // forever (no writer), which must fail the test rather than hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::sync::Arc::clone(&reader);
+    let want = f.data.clone();
+    let start = f.start(1, 0);
+    std::thread::spawn(move || {
+        let mut out = vec![0u8; 3000];
+        let mut bad = Vec::new();
+        let read = worker.read(start, &mut out, &mut bad).map(|()| (out, bad));
+        let check = worker.verify_shard(1, 1);
+        let repaired = worker.repair_shard(1, 1, &mut Vec::new());
+        let _ = tx.send((read, check, repaired));
+    });
+    let (read, check, repaired) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the reader blocked on a FIFO");
+    let (out, bad) = read.unwrap();
+    assert!(out[..] == want[start as usize..start as usize + 3000]);
+    assert_eq!(
+        bad,
+        vec![BadShard {
+            stripe: 1,
+            shard: 1,
+            damage: Damage::Unreadable
+        }]
+    );
+    assert_eq!(check.unwrap().damage, Some(Damage::Unreadable));
+    assert_eq!(repaired.unwrap(), 4);
+    assert!(fs::symlink_metadata(&data).unwrap().is_file());
+    assert_stripe_restored(&f, 1, &originals[1]);
+}
+
+#[test]
+fn repair_of_a_vanished_object_creates_nothing() {
+    // The object was removed (or replaced: its directory moved away) after the reader was
+    // made: a repair must not re-create its directory or anything in it.
+    let f = damage_fixture(66);
+    let reader = f.reader();
+    let away = f.root.with_extension("trashed");
+    fs::rename(&f.root, &away).unwrap();
+    assert_eq!(
+        reader.verify_shard(1, 3).unwrap().damage,
+        Some(Damage::Missing)
+    );
+    for s in [0, 3] {
+        let err = reader.repair_shard(1, s, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, Error::ObjectGone { .. }), "{err:?}");
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
+    assert!(!f.root.exists(), "a zombie object directory was created");
+
+    // Even with every shard readable elsewhere (a reader over the moved object), the
+    // rebuilt shard has nowhere to go.
+    let moved = ObjectSpec::new(&away, f.g.chunk, f.spec().stripes.clone()).unwrap();
+    let shards_elsewhere = Reader::with_source(f.spec(), None, Box::new(LocalFiles::new(&moved)))
+        .with_sink(Box::new(LocalFiles::new(&f.spec())));
+    Harm::Delete.apply(&away.join(f.rel(1, 3)));
+    let err = shards_elsewhere
+        .repair_shard(1, 3, &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::ObjectGone { .. }), "{err:?}");
+    assert!(!f.root.exists(), "a zombie object directory was created");
+}
+
+// ---------------------------------------------------------------------------------------
+// Repair reuses what a read rebuilt.
+
+#[test]
+fn repair_reuses_chunks_a_read_rebuilt() {
+    use blockframe_core::cache::ChunkCache;
+    use std::sync::Arc;
+
+    let f = damage_fixture(71);
+    let originals = f.expected_shards();
+    let shared = Arc::new(ChunkCache::new(1 << 20));
+    for reader in [
+        f.reader(),
+        Reader::with_cache(f.spec(), Arc::clone(&shared)),
+    ] {
+        // A read through a lost data shard rebuilds (and verifies) all of its chunks.
+        Harm::Delete.apply(&f.path(1, 0));
+        let bad = read_ok(&reader, &f.data, f.start(1, 0), 3000);
+        assert_eq!(bad.len(), 1);
+        let decoded = reader.decode_count();
+        assert!(decoded > 0);
+        // Repairing that shard writes those chunks without decoding anything again.
+        assert_eq!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+        assert_eq!(reader.decode_count(), decoded, "the repair decoded again");
+        assert_stripe_restored(&f, 1, &originals[1]);
+        assert_no_temporaries(&f.root);
+    }
+
+    // Without a read before it, the same repair decodes (the counter does count).
+    let fresh = f.reader();
+    Harm::Delete.apply(&f.path(1, 0));
+    assert_eq!(fresh.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+    assert!(fresh.decode_count() > 0);
+    assert_stripe_restored(&f, 1, &originals[1]);
+
+    // A read that rebuilt only part of the shard: the rest is decoded, the part is reused.
+    let partly = f.reader();
+    Harm::Delete.apply(&f.path(1, 0));
+    read_ok(&partly, &f.data, f.start(1, 0), 300); // chunks 0 and 1 of 4
+    let decoded = partly.decode_count();
+    assert_eq!(partly.repair_shard(1, 0, &mut Vec::new()).unwrap(), 4);
+    assert_eq!(
+        partly.decode_count(),
+        decoded + 1,
+        "one decode for chunks 2..4"
+    );
+    assert_stripe_restored(&f, 1, &originals[1]);
 }

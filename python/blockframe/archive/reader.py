@@ -108,6 +108,8 @@ class ArchivedObject:
                 # survivors); reads were served from the other volumes.
                 absent.add(volume)
                 continue
+            if vs is not None:
+                vs.prepare_object_dir(self.entry.dirname, volume)
             try:
                 chunks, more = self._core.repair_shard(stripe, shard)
             except _core.CoreError as e:
@@ -154,17 +156,17 @@ def core_object(
     store = None
     root = str(entry.path)
 
-    def shard(si: int, j: int) -> tuple[str, int, bytes]:
+    def shard(si: int, j: int) -> _core.ShardArg:
         s = m.stripes[si].shards[j]
         return (s.path, s.size, s.hashes)
 
     if vs is not None and fetch is None:
         if vs.all_local(m):
-            root = "/"
 
-            def shard(si: int, j: int) -> tuple[str, int, bytes]:
+            def shard(si: int, j: int) -> _core.ShardArg:
+                # Relative to the object's directory on the shard's volume.
                 s = m.stripes[si].shards[j]
-                return (vs.shard_path(entry.dirname, m, si, j), s.size, s.hashes)
+                return (s.path, s.size, s.hashes, vs.object_dir(entry.dirname, s.volume))
         else:
             fetch, store = vs.fetcher(entry.dirname, m)
     return _core.Object(

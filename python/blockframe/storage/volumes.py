@@ -39,6 +39,7 @@ from blockframe.format.manifest import (
     load_from,
 )
 from blockframe.storage import Volume, open_volume
+from blockframe.storage.local import fsync_dir
 from blockframe.storage.readahead import FetchAhead
 
 log = logging.getLogger(__name__)
@@ -261,9 +262,28 @@ class VolumeSet:
         used = {sh.volume for st in m.stripes for sh in st.shards}
         return all(v in self.present and self.slots[v].is_local for v in used)
 
-    def shard_path(self, dirname: str, m: Manifest, stripe: int, shard: int) -> str:
-        sh = m.stripes[stripe].shards[shard]
-        path = self.slots[sh.volume].local_path(f"{dirname}/{sh.path}")
+    def prepare_object_dir(self, dirname: str, volume: int) -> None:
+        """Create the directory of object ``dirname`` on present local volume ``volume`` if
+        it is missing there (an empty replacement volume) while the object still exists (a
+        manifest copy is on another present volume), so that the core can rebuild shards
+        in it. The core never creates an object directory itself: a repair racing the
+        object's removal or replacement must not leave a zombie directory behind."""
+        path = self.slots[volume].local_path(dirname)
+        if path is None or path.is_dir() or not path.parent.is_dir():
+            return
+        if any(
+            vol.size(f"{dirname}/{copy}") is not None
+            for i, vol in self.present_volumes()
+            if i != volume
+            for copy in (MANIFEST, REPLICA)
+        ):
+            path.mkdir(exist_ok=True)
+            fsync_dir(path.parent)
+
+    def object_dir(self, dirname: str, volume: int) -> str:
+        """The directory of object ``dirname`` on local volume ``volume``: the core opens the
+        object's shards on that volume below it, following no link there."""
+        path = self.slots[volume].local_path(dirname)
         assert path is not None
         return str(path)
 
