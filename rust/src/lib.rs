@@ -8,6 +8,7 @@ pub mod commit;
 pub mod error;
 pub mod hashing;
 pub mod layout;
+mod platform;
 pub mod reader;
 pub mod shardio;
 pub mod source;

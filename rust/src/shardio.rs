@@ -2,11 +2,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoContext, Result};
+use crate::platform;
 
 /// Bytes `[start, end)` of a shard file, zero-filled past what the file holds.
 pub struct RangeRead {
@@ -69,7 +69,7 @@ pub fn read_range_into(path: &Path, start: u64, buf: &mut [u8]) -> (usize, Optio
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<Problem>) {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        match platform::read_at(file, &mut buf[done..], offset + done as u64) {
             Ok(0) => return (done, Some(Problem::Short)),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -79,16 +79,18 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<
     (done, None)
 }
 
-/// fsync a directory so that renames and creations in it are durable.
+/// fsync a directory so that renames and creations in it are durable (a no-op where the
+/// OS journals them; see [`platform::sync_dir`]).
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    platform::sync_dir(dir).at(dir)
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A file written next to its final path and renamed over it only once complete and synced.
 pub struct AtomicFile {
-    file: File,
+    /// Always `Some` until `commit` or `drop` closes it.
+    file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
 }
@@ -111,19 +113,23 @@ impl AtomicFile {
             .open(&tmp)
             .at(&tmp)?;
         Ok(Self {
-            file,
+            file: Some(file),
             tmp,
             dest: dest.to_path_buf(),
         })
     }
 
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).at(&self.tmp)
+        let file = self.file.as_mut().expect("open until commit or drop");
+        file.write_all(data).at(&self.tmp)
     }
 
-    /// fsync, rename over the destination, fsync the directory.
-    pub fn commit(self) -> Result<()> {
-        self.file.sync_all().at(&self.tmp)?;
+    /// fsync, close, rename over the destination, fsync the directory. The file is closed
+    /// before the rename: Windows cannot always rename a file that is still open.
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("open until commit or drop");
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
         fs::rename(&self.tmp, &self.dest).at(&self.dest)?;
         fsync_dir(self.dest.parent().unwrap_or(Path::new(".")))
     }
@@ -131,6 +137,9 @@ impl AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
+        // Close first: Windows only marks an open file for deletion, and the name would
+        // linger until the handle is closed.
+        drop(self.file.take());
         // After a successful rename the temporary name no longer exists; otherwise this
         // removes the abandoned attempt so no half-written file is left behind.
         let _ = fs::remove_file(&self.tmp);

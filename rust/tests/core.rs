@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use blockframe_core::codec;
 use blockframe_core::commit::{self, CommitOutput, PlanParity, PlanShard, PlanStripe, Progress};
@@ -1018,10 +1018,28 @@ fn harm_for(pick: usize, len: u64) -> Harm {
     }
 }
 
-/// (inode, mtime seconds, mtime nanoseconds) of a file.
-fn identity(path: &Path) -> (u64, i64, i64) {
+/// What tells a file apart from a rewritten or replaced one: its modification time and, on
+/// Unix, its inode number (Windows has no stable std equivalent). Take it with [`pin`].
+type Identity = (u64, SystemTime);
+
+fn identity(path: &Path) -> Identity {
     let md = fs::metadata(path).unwrap();
-    (md.ino(), md.mtime(), md.mtime_nsec())
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&md);
+    #[cfg(not(unix))]
+    let inode = 0;
+    (inode, md.modified().unwrap())
+}
+
+/// Set the modification time of `path` far in the past and return its [`identity`]:
+/// whatever the timestamp granularity, any later write or replacement of the file then
+/// changes its modification time.
+fn pin(path: &Path) -> Identity {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    file.set_modified(past).unwrap();
+    drop(file);
+    identity(path)
 }
 
 /// Every shard file of `stripe` holds exactly `originals`.
@@ -1078,10 +1096,10 @@ fn damage_up_to_m_shards_is_read_through_and_repaired() {
                 .map(|(i, &s)| (s, harm_for(scenario + i, f.len(stripe, s))))
                 .collect();
             let what = format!("stripe {stripe}, harm {harms:?}");
-            let before: Vec<Vec<(u64, i64, i64)>> = (0..f.plan.len())
+            let before: Vec<Vec<Identity>> = (0..f.plan.len())
                 .map(|si| {
                     (0..f.shard_count(si))
-                        .map(|s| identity(&f.path(si, s)))
+                        .map(|s| pin(&f.path(si, s)))
                         .collect()
                 })
                 .collect();
@@ -1512,7 +1530,7 @@ fn wrong_manifest_never_yields_unverified_bytes() {
     spec.stripes[1].parity[1].hashes[2] = hashing::chunk_hash(b"not this chunk");
     let reader = Reader::new(spec);
     assert_eq!(reader.verify_shard(1, 4).bad_chunks, vec![2]);
-    let before = identity(&f.path(1, 4));
+    let before = pin(&f.path(1, 4));
     let err = reader.repair_shard(1, 4, &mut Vec::new()).unwrap_err();
     match &err {
         Error::RebuildMismatch { path, start, end } => {
