@@ -73,6 +73,43 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::metadata(dir).map(drop)
 }
 
+/// Rename `from` to `to`, replacing `to` if it exists.
+#[cfg(unix)]
+pub fn rename_replacing(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
+}
+
+/// Rename `from` to `to`, replacing `to` if it exists.
+///
+/// std renames with POSIX semantics where the file system supports them (NTFS on Windows
+/// 10 1607 and later): a destination that others hold open (opened with
+/// `FILE_SHARE_DELETE`, as std and Python open files) is replaced as on Unix, and they keep
+/// reading the old file. Without them (FAT, exFAT, some network shares, Wine) an open
+/// destination makes the rename fail with "Access denied" until it is closed, and a
+/// sharing violation comes from programs that open files without `FILE_SHARE_DELETE`
+/// (antivirus and indexers scanning the file just written). Such holds are usually brief,
+/// so retry for about a second before reporting the error.
+#[cfg(windows)]
+pub fn rename_replacing(from: &Path, to: &Path) -> io::Result<()> {
+    use std::time::{Duration, Instant};
+    const ERROR_SHARING_VIOLATION: i32 = 32;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::rename(from, to) {
+            Err(e)
+                if (e.kind() == io::ErrorKind::PermissionDenied
+                    || e.raw_os_error() == Some(ERROR_SHARING_VIOLATION))
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Ask the OS to start writing `[offset, offset + len)` of `file` to disk now rather than
 /// when its dirty-page limit is reached, so the disk streams while the caller computes and
 /// a later `sync_all` only waits for the tail. Only a hint: errors are ignored, because the

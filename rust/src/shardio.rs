@@ -125,12 +125,13 @@ impl AtomicFile {
     }
 
     /// fsync, close, rename over the destination, fsync the directory. The file is closed
-    /// before the rename: Windows cannot always rename a file that is still open.
+    /// before the rename: Windows cannot always rename a file that is still open. On
+    /// failure the destination is left as it was and the temporary file is removed.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("open until commit or drop");
         file.sync_all().at(&self.tmp)?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest).at(&self.dest)?;
+        platform::rename_replacing(&self.tmp, &self.dest).at(&self.dest)?;
         fsync_dir(self.dest.parent().unwrap_or(Path::new(".")))
     }
 }

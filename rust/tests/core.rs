@@ -2418,3 +2418,51 @@ fn source_repair_of_a_shard_longer_than_a_window() {
     assert_eq!(reader.repair_shard(0, 1, &mut Vec::new()).unwrap(), 6);
     assert!(bucket.get(0, 1).unwrap() == originals[0][1]);
 }
+
+// ---------------------------------------------------------------------------------------
+// File semantics that differ between operating systems (scripts/check-windows runs these
+// tests on Windows code paths under Wine).
+
+#[test]
+fn repair_of_a_shard_held_open_elsewhere_never_makes_it_worse() {
+    // A mount or another process may be reading a shard while it is repaired. Unix: the
+    // rename replaces the name and the reader keeps the old file. Windows: the same where
+    // the file system has POSIX rename semantics (NTFS on Windows 10 1607 and later);
+    // without them (FAT, exFAT, Wine) an open file cannot be replaced, and the repair must
+    // then fail cleanly: the damaged shard exactly as it was, no temporary left behind.
+    let f = damage_fixture(23);
+    let reader = f.reader();
+    let originals = f.expected_shards();
+    let path = f.path(1, 0);
+    Harm::Flip(300).apply(&path);
+    let damaged = fs::read(&path).unwrap();
+    let held = fs::File::open(&path).unwrap();
+    match reader.repair_shard(1, 0, &mut Vec::new()) {
+        Ok(rebuilt) => {
+            assert_eq!(rebuilt, 1);
+            assert!(fs::read(&path).unwrap() == originals[1][0]);
+        }
+        Err(e) => {
+            // Only Windows refuses to replace a file that is open.
+            if !cfg!(windows) {
+                panic!("repair failed: {e}");
+            }
+            assert!(
+                matches!(&e, Error::Io { path: p, .. } if p == &path),
+                "{e:?}"
+            );
+            assert!(fs::read(&path).unwrap() == damaged);
+        }
+    }
+    assert_no_temporaries(&f.root);
+    // The handle opened before the repair still reads the file it opened.
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut old).unwrap();
+    assert!(old == damaged);
+    drop(held);
+    // With nothing holding it, the repair completes (if it had not already).
+    assert!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap() <= 1);
+    assert!(fs::read(&path).unwrap() == originals[1][0]);
+    assert_no_temporaries(&f.root);
+    read_ok(&reader, &f.data, 0, f.data.len());
+}
