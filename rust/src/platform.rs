@@ -58,15 +58,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Make the entries of directory `dir` durable: nothing to do on Windows.
+/// Make the entries of directory `dir` durable: a no-op on Windows.
 ///
-/// NTFS (and ReFS) journal metadata: creating, renaming and deleting directory entries
-/// are logged transactions, so a rename that returned is not lost or half-applied by a
-/// crash the way an unsynced directory entry can be on ext4 or XFS. Windows has no
-/// directory fsync either: `File::open` on a directory fails ("Access denied", os error
-/// 5; it needs `FILE_FLAG_BACKUP_SEMANTICS`), and `FlushFileBuffers` is documented for
-/// files and volumes, not directories. The files' own contents are still synced with
-/// `sync_all` (`FlushFileBuffers`) before any rename.
+/// NTFS (and ReFS) journal metadata: creating or renaming a directory entry is a logged
+/// transaction, so after a crash it is either wholly there or wholly absent. The journal
+/// reaches the disk moments later, so a crash right after a commit may undo the commit but
+/// cannot leave it half done; and since file contents are synced (`sync_all`, that is
+/// `FlushFileBuffers`) before anything is renamed into place, a name that survives always
+/// points at complete data. Windows has no directory fsync to ask for more:
+/// `File::open` on a directory fails ("Access denied", os error 5) because it needs
+/// `FILE_FLAG_BACKUP_SEMANTICS`, and `FlushFileBuffers` is documented for files and
+/// volumes only.
 #[cfg(windows)]
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     // Still fail for a path that does not exist, as the Unix version does.
