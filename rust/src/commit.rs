@@ -5,7 +5,7 @@
 //! - the *encoder* (the calling thread) reads a window of every data shard of a stripe into
 //!   pooled buffers, hashes the data chunks, encodes the parity window and hashes it;
 //! - the *writer* writes each window to the shard files and starts their writeback
-//!   (`sync_file_range`), so the disk works while the encoder computes;
+//!   (`sync_file_range` on Linux), so the disk works while the encoder computes;
 //! - the *syncer* fsyncs the files of each finished stripe;
 //! - the *content hasher* hashes the whole file sequentially for the object id.
 //!
@@ -15,15 +15,14 @@
 //! synced.
 //!
 //! Memory is a fixed pool of window buffers, independent of the file size. The source is
-//! read with `pread` rather than mmapped: mapped pages count against the process's RSS
-//! however they are released, and a source truncated by another process during the commit
-//! would kill an mmap reader with SIGBUS instead of giving an error.
+//! read with positional reads (`pread`; `ReadFile` at an offset on Windows) rather than
+//! mmapped: mapped pages count against the process's RSS however they are released, and a
+//! source truncated by another process during the commit would kill an mmap reader with
+//! SIGBUS instead of giving an error.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -33,6 +32,7 @@ use crate::codec;
 use crate::error::{catch_panic, joined, Error, IoContext, Result};
 use crate::hashing::{chunk_hashes, Hash};
 use crate::layout::{check_chunk_size, padded_len};
+use crate::platform::{self, FileStamp};
 use crate::shardio::fsync_dir;
 
 /// Bytes of every shard handled per pipeline step.
@@ -156,8 +156,8 @@ pub fn commit_to_roots(
     }
     let total: u64 = plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum();
     let file = File::open(source).at(source)?;
-    let before = file.metadata().at(source)?;
-    if before.len() != total {
+    let before = FileStamp::of(&file).at(source)?;
+    if before.len != total {
         return Err(Error::SourceChanged {
             path: source.to_path_buf(),
         });
@@ -219,11 +219,9 @@ pub fn commit_to_roots(
                 return Err(first);
             }
         };
-        let after = file.metadata().at(source)?;
-        if after.len() != before.len()
-            || after.mtime_nsec() != before.mtime_nsec()
-            || after.mtime() != before.mtime()
-        {
+        // Length and modification time (to the nanosecond on Linux and macOS) as they
+        // were when the commit opened the file.
+        if FileStamp::of(&file).at(source)? != before {
             return Err(Error::SourceChanged {
                 path: source.to_path_buf(),
             });
@@ -314,7 +312,7 @@ fn encode_stripes(
                 let buf = &mut job.data[i];
                 buf.resize(wlen, 0);
                 if real > 0 {
-                    file.read_exact_at(&mut buf[..real], shard_off + w0)
+                    platform::read_exact_at(file, &mut buf[..real], shard_off + w0)
                         .map_err(|e| source_read_error(e, source))?;
                 }
                 buf[real..].fill(0);
@@ -405,7 +403,7 @@ fn write_jobs(
             }
             shard.file.write_all(bytes).at(&shard.path)?;
             if shard.durable {
-                start_writeback(&shard.file, pos, bytes.len() as u64);
+                platform::start_writeback(&shard.file, pos, bytes.len() as u64);
             }
             if i < k {
                 written += bytes.len() as u64;
@@ -429,22 +427,6 @@ fn write_jobs(
         }
     }
     Ok(())
-}
-
-/// Ask the kernel to start writing a just-written range now rather than when the dirty
-/// page limit is reached, so the disk streams while the encoder works; fsync then only
-/// waits for the tail.
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    // SAFETY: sync_file_range only reads its integer arguments; the fd is valid for the
-    // lifetime of `f`. Failure is harmless (fsync later does the real work), so it is ignored.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
 }
 
 fn sync_stripes(rx: Receiver<Vec<(PathBuf, File)>>) -> Result<()> {
@@ -485,7 +467,7 @@ fn hash_whole_file(file: &File, source: &Path, progress: &Progress) -> Result<Ha
         if progress.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let n = match file.read_at(&mut buf, offset) {
+        let n = match platform::read_at(file, &mut buf, offset) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).at(source),

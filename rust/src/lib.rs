@@ -9,6 +9,7 @@ pub mod error;
 pub mod hashing;
 pub mod layout;
 pub mod local;
+mod platform;
 pub mod reader;
 pub mod shardio;
 pub mod source;

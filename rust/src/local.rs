@@ -465,8 +465,10 @@ mod sys {
             .open(dir.join(name))
     }
 
+    /// Retries briefly while another program holds the destination (see
+    /// [`crate::platform::rename_replacing`]).
     pub fn rename(dir: &Dir, from: &OsStr, to: &OsStr) -> io::Result<()> {
-        fs::rename(dir.join(from), dir.join(to))
+        crate::platform::rename_replacing(&dir.join(from), &dir.join(to))
     }
 
     pub fn remove_file(dir: &Dir, name: &OsStr) -> io::Result<()> {

@@ -2,10 +2,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
+use crate::platform;
 
 /// What kept a range from being read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum Problem {
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<Problem>) {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        match platform::read_at(file, &mut buf[done..], offset + done as u64) {
             Ok(0) => return (done, Some(Problem::Short)),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -29,7 +29,8 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> (usize, Option<
     (done, None)
 }
 
-/// fsync a directory so that renames and creations in it are durable.
+/// fsync a directory so that renames and creations in it are durable (a no-op where the
+/// OS journals them; see [`platform::sync_dir`]).
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    platform::sync_dir(dir).at(dir)
 }

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use blockframe_core::codec;
 use blockframe_core::commit::{self, CommitOutput, PlanParity, PlanShard, PlanStripe, Progress};
@@ -1014,10 +1014,28 @@ fn harm_for(pick: usize, len: u64) -> Harm {
     }
 }
 
-/// (inode, mtime seconds, mtime nanoseconds) of a file.
-fn identity(path: &Path) -> (u64, i64, i64) {
+/// What tells a file apart from a rewritten or replaced one: its modification time and, on
+/// Unix, its inode number (Windows has no stable std equivalent). Take it with [`pin`].
+type Identity = (u64, SystemTime);
+
+fn identity(path: &Path) -> Identity {
     let md = fs::metadata(path).unwrap();
-    (md.ino(), md.mtime(), md.mtime_nsec())
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&md);
+    #[cfg(not(unix))]
+    let inode = 0;
+    (inode, md.modified().unwrap())
+}
+
+/// Set the modification time of `path` far in the past and return its [`identity`]:
+/// whatever the timestamp granularity, any later write or replacement of the file then
+/// changes its modification time.
+fn pin(path: &Path) -> Identity {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    file.set_modified(past).unwrap();
+    drop(file);
+    identity(path)
 }
 
 /// Every shard file of `stripe` holds exactly `originals`.
@@ -1074,10 +1092,10 @@ fn damage_up_to_m_shards_is_read_through_and_repaired() {
                 .map(|(i, &s)| (s, harm_for(scenario + i, f.len(stripe, s))))
                 .collect();
             let what = format!("stripe {stripe}, harm {harms:?}");
-            let before: Vec<Vec<(u64, i64, i64)>> = (0..f.plan.len())
+            let before: Vec<Vec<Identity>> = (0..f.plan.len())
                 .map(|si| {
                     (0..f.shard_count(si))
-                        .map(|s| identity(&f.path(si, s)))
+                        .map(|s| pin(&f.path(si, s)))
                         .collect()
                 })
                 .collect();
@@ -1538,7 +1556,7 @@ fn wrong_manifest_never_yields_unverified_bytes() {
     spec.stripes[1].parity[1].hashes[2] = hashing::chunk_hash(b"not this chunk");
     let reader = Reader::new(spec);
     assert_eq!(reader.verify_shard(1, 4).unwrap().bad_chunks, vec![2]);
-    let before = identity(&f.path(1, 4));
+    let before = pin(&f.path(1, 4));
     let err = reader.repair_shard(1, 4, &mut Vec::new()).unwrap_err();
     match &err {
         Error::RebuildMismatch { path, start, end } => {
@@ -2566,6 +2584,7 @@ fn a_panicking_worker_is_an_error_with_context() {
 /// path relative to `dir`; links are recorded by their target.
 #[cfg(unix)]
 fn tree_state(dir: &Path) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
     fn walk(
         base: &Path,
         dir: &Path,
@@ -2881,4 +2900,52 @@ fn repair_reuses_chunks_a_read_rebuilt() {
         "one decode for chunks 2..4"
     );
     assert_stripe_restored(&f, 1, &originals[1]);
+}
+
+// ---------------------------------------------------------------------------------------
+// File semantics that differ between operating systems (scripts/check-windows runs these
+// tests on Windows code paths under Wine).
+
+#[test]
+fn repair_of_a_shard_held_open_elsewhere_never_makes_it_worse() {
+    // A mount or another process may be reading a shard while it is repaired. Unix: the
+    // rename replaces the name and the reader keeps the old file. Windows: the same where
+    // the file system has POSIX rename semantics (NTFS on Windows 10 1607 and later);
+    // without them (FAT, exFAT, Wine) an open file cannot be replaced, and the repair must
+    // then fail cleanly: the damaged shard exactly as it was, no temporary left behind.
+    let f = damage_fixture(23);
+    let reader = f.reader();
+    let originals = f.expected_shards();
+    let path = f.path(1, 0);
+    Harm::Flip(300).apply(&path);
+    let damaged = fs::read(&path).unwrap();
+    let held = fs::File::open(&path).unwrap();
+    match reader.repair_shard(1, 0, &mut Vec::new()) {
+        Ok(rebuilt) => {
+            assert_eq!(rebuilt, 1);
+            assert!(fs::read(&path).unwrap() == originals[1][0]);
+        }
+        Err(e) => {
+            // Only Windows refuses to replace a file that is open.
+            if !cfg!(windows) {
+                panic!("repair failed: {e}");
+            }
+            assert!(
+                matches!(&e, Error::Io { path: p, .. } if p == &path),
+                "{e:?}"
+            );
+            assert!(fs::read(&path).unwrap() == damaged);
+        }
+    }
+    assert_no_temporaries(&f.root);
+    // The handle opened before the repair still reads the file it opened.
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut old).unwrap();
+    assert!(old == damaged);
+    drop(held);
+    // With nothing holding it, the repair completes (if it had not already).
+    assert!(reader.repair_shard(1, 0, &mut Vec::new()).unwrap() <= 1);
+    assert!(fs::read(&path).unwrap() == originals[1][0]);
+    assert_no_temporaries(&f.root);
+    read_ok(&reader, &f.data, 0, f.data.len());
 }
