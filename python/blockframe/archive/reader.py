@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
-from blockframe import _core, metrics
+from blockframe import _core
 from blockframe.archive.entry import Entry, Progress
 from blockframe.errors import IntegrityError, UsageError
 from blockframe.format.manifest import Manifest, Shard
@@ -49,7 +50,7 @@ class ArchivedObject:
         for stripe, shard, damage in bad:
             if (stripe, shard) not in self.damaged:
                 log.warning("%s: %s is %s", self.entry.name, self.shard(stripe, shard).path, damage)
-                metrics.reads_repaired.inc()
+                _metrics().reads_repaired.inc()
             self.damaged[(stripe, shard)] = damage
 
     def read(self, offset: int, size: int) -> bytes:
@@ -118,7 +119,7 @@ class ArchivedObject:
             self.damaged.pop((stripe, shard), None)
             if chunks:
                 log.warning("%s: repaired %s (%s)", self.entry.name, path, damage)
-                metrics.shards_repaired.inc()
+                _metrics().shards_repaired.inc()
                 repaired.append(f"{path} ({damage})")
             for s2, sh2, d2 in more:
                 if (s2, sh2) not in self.damaged:
@@ -183,3 +184,11 @@ def core_object(
         fetch,
         store,
     )
+
+
+def _metrics() -> ModuleType:
+    """The counters, imported on the first damage found: prometheus_client costs every
+    CLI start ~25 ms, and most commands never find damage."""
+    from blockframe import metrics
+
+    return metrics
