@@ -8,7 +8,7 @@ from blockframe.format.names import display_name
 
 from conftest import Env
 
-HOSTILE = ["rtl\u202eexe.txt", "csi\u009b2J.txt", "del\x7f.txt", "[red]markup[/].txt"]
+HOSTILE = ["rtl\u202eexe.txt", "csi\u009b2J.txt", "[red]markup[/].txt"]
 
 
 def test_display_name_escapes_what_a_terminal_would_act_on() -> None:
@@ -32,6 +32,14 @@ def test_commit_and_list_print_hostile_names_escaped(env: Env, name: str) -> Non
     # The name shows as written (escaped), markup included: rich did not interpret it.
     assert display_name(name) in out
     assert not any(c in out for c in "\u202e\u009b\x7f")
+
+
+@pytest.mark.parametrize("name", ["del\x7f.txt", "back\\slash", "tab\t.txt"])
+def test_commit_refuses_names_the_mount_and_serve_cannot_reach(env: Env, name: str) -> None:
+    r = env.run("commit", "-f", str(env.file("f.bin", 3000)), "--name", name)
+    assert r.returncode == 2
+    assert r.stderr.decode() == f"blockframe: error: invalid object name '{display_name(name)}'\n"
+    assert env.run("list").stdout.count(b"\n") <= 1 and not list(env.archive_dir.glob("*_*"))
 
 
 def test_errors_stay_on_one_line(env: Env) -> None:

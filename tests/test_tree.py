@@ -3,9 +3,11 @@ the directory winning over a file of the same path, per-directory times computed
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,9 @@ from blockframe.access.http.catalog import ArchiveChanged, Catalog
 from blockframe.access.tree import Directory, NameTree, mtime_ns
 from blockframe.access.view import ArchiveView
 from blockframe.archive import Index
-from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError
+from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError, UsageError
+from blockframe.format.manifest import MANIFEST, REPLICA, checksum
+from blockframe.format.names import dirname_for
 
 from conftest import Env, data
 
@@ -91,15 +95,36 @@ def test_stat_and_listdir_do_not_scan_every_file() -> None:
 def clash(env: Env) -> Env:
     """An archive where "a" is both a file and the directory of "a/b", and "c\\d" has a
     backslash (a separator in mounted and served paths)."""
-    for name, size in {"a": 100, "a/b": 200, "c\\d": 300, "e": 400}.items():
+    for name, size in {"a": 100, "a/b": 200, "c_d": 300, "e": 400}.items():
         env.archive.commit(env.file(name.replace("/", "_"), size, seed=size), name)
+    rename_object(env.archive_dir, "c_d", "c\\d")
     return env
+
+
+def rename_object(root: Path, old: str, new: str) -> None:
+    """Give an object a name commit now refuses, as an older version could: rewrite both
+    manifest copies (checksum included) and rename the object directory."""
+    (src,) = root.glob(f"{old}_*")
+    doc = json.loads((src / MANIFEST).read_bytes())
+    doc["name"] = new
+    doc["checksum"] = checksum(doc)
+    for copy in (MANIFEST, REPLICA):
+        (src / copy).write_text(json.dumps(doc))
+    src.rename(root / dirname_for(new, src.name.rpartition("_")[2]))
+
+
+def test_commit_refuses_a_name_no_path_can_reach(env: Env) -> None:
+    with pytest.raises(UsageError, match=r"invalid object name 'c\\d'"):
+        env.archive.commit(env.file("x", 10), "c\\d")
+    assert not list(env.archive_dir.glob("*_*"))
 
 
 def test_mount_view_serve_catalog_and_fsspec_see_one_tree(clash: Env) -> None:
     view = ArchiveView(clash.archive, repair=False)
     try:
-        assert view.listdir("/") == ["a", "c\\d", "e"]
+        assert view.listdir("/") == ["a", "e"]
+        with pytest.raises(NotFoundError):
+            view.stat("/c\\d")
         assert view.stat("/a").is_dir and view.listdir("/a") == ["b"]
         with pytest.raises(IsDirectoryError):
             view.open("/a")
@@ -128,13 +153,19 @@ def test_mount_view_serve_catalog_and_fsspec_see_one_tree(clash: Env) -> None:
 
     fs = BlockFrameFileSystem(archive=str(clash.archive_dir))
     assert fs.info("a") == {"name": "a", "size": 0, "type": "directory"}
-    assert fs.ls("", detail=False) == ["a", "c\\d", "e"]
+    assert fs.ls("", detail=False) == ["a", "e"]
     assert fs.ls("a", detail=False) == ["a/b"]
     assert fs.info("a/b")["size"] == 200 and fs.cat_file("a/b") == data(200, seed=200)
     with pytest.raises(FileNotFoundError):
         fs.info("a/x")
     tree = BlockFrameArchive(str(clash.archive_dir)).tree()
-    assert list(tree.files) == ["a/b", "c\\d", "e"] and list(tree.hidden) == ["a"]
+    assert list(tree.files) == ["a/b", "e"] and list(tree.hidden) == ["a", "c\\d"]
+    # The object stays in the archive: listed, and restored by its exact name.
+    out = clash.root / "restored"
+    r = clash.run("restore", "c\\d", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data(300, seed=300)
+    assert b"c\\d" in clash.run("list").stdout
 
 
 def test_serve_catalog_follows_replaced_objects(env: Env) -> None:

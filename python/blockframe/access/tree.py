@@ -6,6 +6,8 @@ A name is a path: ``photos/2024/a.jpg`` is the file ``a.jpg`` in the directory
 ``photos/2024``, and every prefix of a name is a directory. Paths here are names without
 a leading ``/``; the root is ``""``. When both ``a`` and ``a/b`` are committed the
 directory wins, so ``a/b`` stays reachable, and the object ``a`` is :attr:`NameTree.hidden`.
+So is an object whose name no path can reach (a backslash, from an older version: a
+mounted path reads it as a separator), rather than listed and then "not found".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from blockframe.archive import Entry
+from blockframe.format.names import is_servable
 
 
 def mtime_ns(entry: Entry) -> int:
@@ -45,6 +48,8 @@ class NameTree:
         self.entries: Mapping[str, Entry] = entries or {}
         children: dict[str, dict[str, bool]] = {"": {}}  # directory -> {child: is_dir}
         for name in self.entries:
+            if not is_servable(name):
+                continue
             parent = ""
             *dirs, last = name.split("/")
             for part in dirs:
@@ -56,7 +61,8 @@ class NameTree:
         self.files: dict[str, Entry] = {}
         self.hidden: dict[str, Entry] = {}
         for name in sorted(self.entries):
-            (self.hidden if name in children else self.files)[name] = self.entries[name]
+            hidden = name in children or not is_servable(name)
+            (self.hidden if hidden else self.files)[name] = self.entries[name]
         mtimes = dict.fromkeys(children, 0)
         for name, entry in self.files.items():
             t = mtime_ns(entry)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from blockframe.errors import ManifestError, UsageError
 from blockframe.format.manifest import Manifest
-from blockframe.format.names import dirname_for, validate_name
+from blockframe.format.names import check_stored_name, dirname_for
 
 if TYPE_CHECKING:
     from blockframe.storage.volumes import VolumeSet
@@ -180,7 +180,7 @@ class RestoreReport:
 def check_dirname(dirname: str, m: Manifest) -> None:
     """A manifest belongs in ``dirname`` only if its name is valid and encodes to it."""
     try:
-        validate_name(m.name)
+        check_stored_name(m.name)
     except UsageError:
         raise ManifestError(f"{dirname}: invalid object name in manifest") from None
     if dirname != dirname_for(m.name, m.id):

@@ -27,7 +27,6 @@ from blockframe.format.manifest import MAX_MANIFEST, parse
 from blockframe.format.names import (
     dirname_for,
     display_name,
-    is_servable,
     validate_name,
 )
 from blockframe.format.pin import check_pin, pin_of
@@ -222,7 +221,7 @@ def _valid(name: str) -> bool:
         validate_name(name)
     except UsageError:
         return False
-    return is_servable(name)
+    return True
 
 
 def display(name: object) -> str:

@@ -25,17 +25,28 @@ class InvalidName(UsageError):
 
 def validate_name(name: str) -> str:
     """``name`` if a new object may be committed under it: a relative path, ``file`` or
-    ``dir/sub/file``, without empty, ``.`` or ``..`` segments or control characters."""
+    ``dir/sub/file``, that the mount, serve and the remote client can all reach (see
+    :data:`NAME_PATTERN`: no empty, ``.`` or ``..`` segments, no control characters, no
+    backslash, which reads as a separator on Windows and in mounted paths)."""
+    check_stored_name(name)
+    if not is_servable(name):
+        raise UsageError(f"invalid object name '{display_name(name)}'")
+    return name
+
+
+def check_stored_name(name: str) -> str:
+    """``name`` if an object already in an archive may carry it. Older versions committed
+    names with a backslash or DEL; such objects stay readable by ``list``, ``restore`` and
+    ``health`` although the mount and serve cannot reach them."""
     parts = name.split("/")
     if (
         not name
-        or "\x00" in name
         or any(part in ("", ".", "..") for part in parts)
         or any(ord(c) < 32 for c in name)
     ):
-        raise UsageError(f"invalid object name {name!r}")
+        raise UsageError(f"invalid object name '{display_name(name)}'")
     if len(dirname_for(name, "0" * ID_LEN).encode()) > 255:
-        raise UsageError(f"object name too long: {name!r}")
+        raise UsageError(f"object name too long: '{display_name(name)}'")
     return name
 
 

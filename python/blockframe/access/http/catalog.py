@@ -13,7 +13,7 @@ from typing import Any
 from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive, Entry, Index
 from blockframe.errors import ArchiveError, NotFoundError
-from blockframe.format.names import check_name, is_servable
+from blockframe.format.names import check_name
 
 RESCAN_INTERVAL = 1.0  # seconds: how often a listing or an unknown name may rescan the archive
 _SHARD_ROUTE = re.compile(r"(.+)/shards/(\d{1,9})/(\d{1,9})")
@@ -56,9 +56,8 @@ class Catalog:
         self._adopt(index)
 
     def _adopt(self, index: Index) -> None:
-        # The tree's files are in name order, and so is this.
-        files = self.view.tree.files
-        self._entries = {name: e for name, e in files.items() if is_servable(name)}
+        # The tree's files are in name order and servable names only, and so is this.
+        self._entries = dict(self.view.tree.files)
         self._layout = _layout(index)
         self.problems = len(index.problems)
         self._scanned = time.monotonic()
