@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_remote import Server
 
+from blockframe.access.api import open_archive
+from blockframe.access.fsspec import BlockFrameFileSystem
 from blockframe.archive.remote import RemoteArchive
 from blockframe.errors import ArchiveError, UsageError
 from blockframe.format.pin import pin_of
@@ -224,6 +226,15 @@ def test_the_pin_catches_a_server_that_serves_another_archive(env: Env, tmp_path
         with pytest.raises(ArchiveError, match="does not match its pin"):
             forged.get("b.bin")  # b.bin itself is genuine: the catalog as a whole is not
         forged.close()
+        # The same pin through the public API and fsspec.
+        with open_archive(honest.url, pin=pin) as api:
+            assert api.open("a.bin").read() == data(20_000, 1)
+        with open_archive(forger.url, pin=pin) as api, pytest.raises(ArchiveError, match="pin"):
+            api.list()
+        fs = BlockFrameFileSystem(url=forger.url, pin=pin)
+        with pytest.raises(ArchiveError, match="does not match its pin"):
+            fs.ls("")
+        assert BlockFrameFileSystem(url=honest.url, pin=pin).cat_file("b.bin") == data(70_000, 2)
     finally:
         honest.stop()
         forger.stop()
@@ -246,6 +257,10 @@ def test_an_object_hidden_by_the_server_breaks_the_pin(env: Env) -> None:
 def test_a_malformed_pin_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="invalid pin"):
         RemoteArchive("http://127.0.0.1:9", pin="abc")
+    with pytest.raises(UsageError, match="a pin is for a server URL"):
+        open_archive("/some/dir", pin="0" * 64)
+    with pytest.raises(ValueError, match="pin is for a server URL"):
+        BlockFrameFileSystem(archive="/some/dir", pin="0" * 64)
 
 
 def test_list_json_shows_the_pin_and_mount_refuses_a_wrong_one(env: Env) -> None:

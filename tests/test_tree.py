@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest

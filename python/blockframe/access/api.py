@@ -200,15 +200,19 @@ class BlockFrameArchive:
         location: str | os.PathLike[str],
         token: str | None = None,
         storage: StorageConfig | None = None,
+        pin: str | None = None,
     ) -> None:
         text = os.fspath(location)
+        remote = text.startswith(("http://", "https://"))
+        if pin is not None and not remote:
+            raise UsageError("a pin is for a server URL, not a local archive")
         self.location = text
         self._local: Archive | None = None
         self._remote: RemoteArchive | None = None
-        if text.startswith(("http://", "https://")):
+        if remote:
             from blockframe.archive.remote import RemoteArchive
 
-            self._remote = RemoteArchive(text, token=token)
+            self._remote = RemoteArchive(text, token=token, pin=pin)
         elif text.startswith("s3://"):
             self._local = open_archive_at([text], storage)
         else:
@@ -333,11 +337,16 @@ def open_archive(
     token: str | None = None,
     *,
     storage: StorageConfig | None = None,
+    pin: str | None = None,
 ) -> BlockFrameArchive:
     """Open a local archive directory, or a remote one at the ``http(s)://`` URL of
     ``blockframe serve`` (``token``: its bearer token, default ``$BLOCKFRAME_TOKEN``).
 
+    ``pin`` (remote only) is the archive's pin, as ``blockframe serve`` and ``list --json``
+    print it: every listing and manifest the server sends must then match it, so the server
+    alone cannot substitute other content (README, "Threat model"; FORMAT.md 10.7).
+
     ``storage`` is the geometry for new commits (default: the built-in one); existing
     objects keep their own. Nothing is read or created until a method is called.
     """
-    return BlockFrameArchive(location, token, storage)
+    return BlockFrameArchive(location, token, storage, pin)

@@ -37,7 +37,8 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     Storage options: ``archive``, a local archive directory or the ``http(s)://`` URL of
     ``blockframe serve``, with ``token`` for a server (its bearer token; default
-    ``$BLOCKFRAME_TOKEN``). ``url`` is accepted for a server too, but only where fsspec
+    ``$BLOCKFRAME_TOKEN``) and ``pin`` to refuse any content but the pinned archive's.
+    ``url`` is accepted for a server too, but only where fsspec
     passes it through (``fsspec.filesystem``, ``fsspec.open``): ``fsspec.core.url_to_fs``,
     which pandas and dask call, has a parameter of that name and refuses it.
     Listings are cached for ``listing_ttl`` seconds (``invalidate_cache()`` drops them);
@@ -53,6 +54,7 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
         url: str | None = None,
         token: str | None = None,
         listing_ttl: float = 1.0,
+        pin: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,9 +63,10 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
         location = os.fspath(archive) if archive is not None else str(url)
         if url is not None and not location.startswith(("http://", "https://")):
             raise ValueError(f"blockframe: url must start with http:// or https://: {url!r}")
-        if token is not None and not location.startswith(("http://", "https://")):
-            raise ValueError("blockframe: token is for a server URL, not a local archive")
-        self.archive = BlockFrameArchive(location, token)
+        for option, value in (("token", token), ("pin", pin)):
+            if value is not None and not location.startswith(("http://", "https://")):
+                raise ValueError(f"blockframe: {option} is for a server URL, not a local archive")
+        self.archive = BlockFrameArchive(location, token, pin=pin)
         self.listing_ttl = listing_ttl
         self._lock = threading.Lock()
         self._tree: NameTree | None = None

@@ -39,11 +39,7 @@ def check_stored_name(name: str) -> str:
     names with a backslash or DEL; such objects stay readable by ``list``, ``restore`` and
     ``health`` although the mount and serve cannot reach them."""
     parts = name.split("/")
-    if (
-        not name
-        or any(part in ("", ".", "..") for part in parts)
-        or any(ord(c) < 32 for c in name)
-    ):
+    if not name or any(part in ("", ".", "..") for part in parts) or any(ord(c) < 32 for c in name):
         raise UsageError(f"invalid object name '{display_name(name)}'")
     if len(dirname_for(name, "0" * ID_LEN).encode()) > 255:
         raise UsageError(f"object name too long: '{display_name(name)}'")
