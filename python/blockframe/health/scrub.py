@@ -23,9 +23,8 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from blockframe import _core
@@ -39,12 +38,11 @@ from blockframe.health.leftovers import Housekeeper
 from blockframe.health.plan import Clock, Options, Plan, make_plan
 from blockframe.health.report import (
     HealthReport,
-    LostRange,
     ObjectReport,
-    ShardReport,
     Skipped,
 )
 from blockframe.health.state import STATE_DIR, STATE_FILE, Freshness, LastScrub, State
+from blockframe.health.stripe import data_starts, merge_lost, scrub_stripe
 from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose, replace_lost
 
 __all__ = ["Health", "scrub"]
@@ -190,16 +188,16 @@ class Health:
             )
             if before.resume_stripe < len(m.stripes) and fresh_enough:
                 first, since = before.resume_stripe, before.resume_since
-        starts = _data_starts(m)
+        starts = data_starts(m)
         end = first
         for si in range(first, len(m.stripes)):
             if si > first and deadline is not None and self.clock() >= deadline:
                 obj.complete = False
                 break
-            self._stripe(core, m, si, starts[si], obj, pool, tick)
+            scrub_stripe(core, m, si, starts[si], obj, pool, tick, self.options.dry_run)
             end = si + 1
         obj.stripes_scrubbed = (first, end)
-        obj.lost = _merge(obj.lost)
+        obj.lost = merge_lost(obj.lost)
         if self.vs is not None and target is not None:
             self._settle(self.vs, d, m, target, obj, report)
         remains = obj.manifest_damaged or any(not s.repaired for s in obj.shards)
@@ -305,119 +303,6 @@ class Health:
                 bad[s.stripe] += 1
         used = {sh.volume for st in m.stripes for sh in st.shards}
         obj.volumes_can_lose = can_lose(m, used - vs.present, bad)
-
-    def _stripe(
-        self,
-        core: _core.Object,
-        m: Manifest,
-        si: int,
-        starts: list[int],
-        obj: ObjectReport,
-        pool: ThreadPoolExecutor,
-        tick: Progress,
-    ) -> None:
-        """Verify every shard of stripe ``si`` in parallel, repair the damaged ones, and
-        account for what remains: margin, lost file ranges."""
-        st = m.stripes[si]
-        shards = st.shards
-        verifying = {pool.submit(core.verify_shard, si, j): j for j in range(len(shards))}
-        damaged: dict[int, tuple[list[int], str]] = {}
-        for fut in as_completed(verifying):
-            j = verifying[fut]
-            bad, damage = fut.result()
-            obj.bytes_verified += shards[j].size
-            tick(shards[j].size)
-            if damage is not None:
-                damaged[j] = (bad, damage)
-        m_par = len(st.parity)
-        before = Counter(c for bad, _ in damaged.values() for c in set(bad))
-
-        def repairable(j: int) -> bool:
-            # Every bad chunk position of the shard has at least k verified shards.
-            return all(before[c] <= m_par for c in damaged[j][0])
-
-        errors: dict[int, str] = {}
-        repaired: set[int] = set()
-        if not self.options.dry_run:
-            pending = [j for j in sorted(damaged) if repairable(j)]
-            while pending:
-                futs: dict[Future[tuple[int, list[tuple[int, int, str]]]], int] = {
-                    pool.submit(core.repair_shard, si, j): j for j in pending
-                }
-                pending = []
-                for rfut in as_completed(futs):
-                    j = futs[rfut]
-                    try:
-                        _, more = rfut.result()
-                    except _core.CoreError as e:
-                        errors[j] = str(e)
-                        continue
-                    repaired.add(j)
-                    for s2, j2, _ in more:
-                        # A shard that turned bad after it verified: check it again.
-                        if s2 == si and j2 not in damaged:
-                            bad2, damage2 = core.verify_shard(si, j2)
-                            if damage2 is not None:
-                                damaged[j2] = (bad2, damage2)
-                                before.update(set(bad2))
-                                if repairable(j2):
-                                    pending.append(j2)
-        left = Counter(c for j, (bad, _) in damaged.items() if j not in repaired for c in set(bad))
-        worst = max(left.values(), default=0)
-        obj.margin = min(m_par - worst, obj.margin if obj.margin is not None else m_par)
-        chunk = m.chunk_size
-        for j in sorted(damaged):
-            bad, damage = damaged[j]
-            size = shards[j].size
-            nbytes = sum(min(chunk, size - c * chunk) for c in set(bad))
-            shard_report = ShardReport(
-                shards[j].path,
-                si,
-                j,
-                "data" if j < len(st.data) else "parity",
-                damage,
-                len(set(bad)),
-                nbytes,
-                repaired=j in repaired,
-                repairable=repairable(j),
-                error=errors.get(j),
-            )
-            obj.shards.append(shard_report)
-            if j in repaired:
-                obj.bytes_repaired += nbytes
-            elif j < len(st.data):
-                for c in sorted(set(bad)):
-                    if left[c] > m_par:
-                        a = starts[j] + c * chunk
-                        obj.lost.append(
-                            LostRange(a, a + min(chunk, size - c * chunk), left[c] - m_par)
-                        )
-
-
-def _data_starts(m: Manifest) -> list[list[int]]:
-    """File offset of every data shard, per stripe."""
-    out, offset = [], 0
-    for st in m.stripes:
-        row = []
-        for s in st.data:
-            row.append(offset)
-            offset += s.size
-        out.append(row)
-    return out
-
-
-def _merge(ranges: list[LostRange]) -> list[LostRange]:
-    """Sort and join adjacent lost ranges (the larger shards_needed wins)."""
-    out: list[LostRange] = []
-    for r in sorted(ranges, key=lambda r: r.start):
-        if out and out[-1].end >= r.start:
-            last = out[-1]
-            out[-1] = LostRange(
-                last.start, max(last.end, r.end), max(last.shards_needed, r.shards_needed)
-            )
-        else:
-            out.append(r)
-    return out
 
 
 def scrub(
