@@ -54,7 +54,7 @@ def test_every_field_is_required(raw: bytes, field: str) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(version=3), "version 3 is not supported"),
+        (lambda d: d.update(version=5), "version 5 is not supported"),
         (lambda d: d.update(version=2), "missing field .volume."),
         (lambda d: d.update(tier=1), "tier-1"),
         (lambda d: d.update(parity_shards=3), "parity_shards"),

@@ -16,11 +16,24 @@ from typing import Any
 
 from blockframe import _core
 from blockframe.errors import ManifestError
+from blockframe.format.members import (
+    FILE,
+    KINDS,
+    PACK,
+    Member,
+    check_mode,
+    check_mtime,
+    parse_members,
+)
 
 FORMAT = "blockframe-manifest"
 VERSION = 1  # objects of a single-directory archive
 VOLUMES_VERSION = 2  # objects spread over volumes: every shard names its volume
-VERSIONS = (VERSION, VOLUMES_VERSION)
+# Versions 3 and 4 are 1 and 2 plus what the object is ("kind"): a file with its mtime and
+# mode, or a pack of a directory commit's small files with its table (FORMAT.md section 18).
+META_VERSION = 3
+META_VOLUMES_VERSION = 4
+VERSIONS = (VERSION, VOLUMES_VERSION, META_VERSION, META_VOLUMES_VERSION)
 MANIFEST = "manifest.json"
 REPLICA = "manifest.replica.json"
 # In an object directory of a volume archive while its commit is under way: the object is
@@ -87,6 +100,21 @@ class Manifest:
     stripes: tuple[Stripe, ...]
     merkle_root: str
     volumes: bool = False  # version 2: shards are placed on volumes
+    kind: str = FILE  # FILE or PACK (version 3)
+    mtime_ns: int | None = None  # a file's modification time (version 3; None before)
+    mode: int | None = None  # a file's permission bits (version 3; None before)
+    members: tuple[Member, ...] = ()  # a pack's table, in offset order
+
+    @property
+    def version(self) -> int:
+        """The version this manifest is written with: 3 or 4 when it records a kind."""
+        if self.kind == FILE and self.mtime_ns is None:
+            return VOLUMES_VERSION if self.volumes else VERSION
+        return META_VOLUMES_VERSION if self.volumes else META_VERSION
+
+    @property
+    def is_pack(self) -> bool:
+        return self.kind == PACK
 
     def leaves(self) -> bytes:
         """All chunk hashes in layout order: the leaves of the Merkle tree."""
@@ -106,7 +134,7 @@ class Manifest:
         shard = _volume_shard_dict if self.volumes else _shard_dict
         body: dict[str, Any] = {
             "format": FORMAT,
-            "version": VOLUMES_VERSION if self.volumes else VERSION,
+            "version": self.version,
             "name": self.name,
             "id": self.id,
             "size": self.size,
@@ -126,6 +154,13 @@ class Manifest:
             ],
             "merkle_root": self.merkle_root,
         }
+        if self.version >= META_VERSION:
+            body["kind"] = self.kind
+            if self.is_pack:
+                body["files"] = [member.to_dict() for member in self.members]
+            else:
+                body["mtime_ns"] = self.mtime_ns
+                body["mode"] = self.mode
         body["checksum"] = checksum(body)
         return body
 
@@ -222,15 +257,19 @@ def parse(raw: bytes, where: str) -> Manifest:
             f"{where}: manifest version {version} is not supported "
             f"(this build reads {', '.join(map(str, VERSIONS))})"
         )
-    volumes = version == VOLUMES_VERSION
+    volumes = version in (VOLUMES_VERSION, META_VOLUMES_VERSION)
     if _get(body, "checksum", str, where) != checksum(body):
         raise ManifestError(f"{where}: checksum mismatch (the manifest is damaged)")
     chunk_size = _get(body, "chunk_size", int, where)
     if chunk_size <= 0 or chunk_size % ALIGN or chunk_size > 2**20:
         raise ManifestError(f"{where}: invalid chunk_size {chunk_size}")
+    kind, mtime, mode, members = _kind(body, version, where)
     stripes_raw = _get(body, "stripes", list, where)
-    if not stripes_raw:
+    size = _get(body, "size", int, where)
+    if not stripes_raw and not (kind == PACK and size == 0):
         raise ManifestError(f"{where}: no stripes")
+    if kind == PACK:
+        members = parse_members(members, size, where)
     stripes = []
     for i, st in enumerate(stripes_raw):
         w = f"{where}: stripe {i}"
@@ -247,7 +286,7 @@ def parse(raw: bytes, where: str) -> Manifest:
     m = Manifest(
         name=_get(body, "name", str, where),
         id=_hex(body, "id", 16, where),
-        size=_get(body, "size", int, where),
+        size=size,
         content_hash=_hex(body, "content_hash", 64, where),
         tier=_get(body, "tier", int, where),
         created=_get(body, "created", str, where),
@@ -258,6 +297,10 @@ def parse(raw: bytes, where: str) -> Manifest:
         stripes=tuple(stripes),
         merkle_root=_hex(body, "merkle_root", 64, where),
         volumes=volumes,
+        kind=kind,
+        mtime_ns=mtime,
+        mode=mode,
+        members=members,
     )
     _check_geometry(m, where)
     if not m.content_hash.startswith(m.id):
@@ -272,14 +315,35 @@ def parse(raw: bytes, where: str) -> Manifest:
     return m
 
 
+def _kind(
+    body: Mapping[str, Any], version: int, where: str
+) -> tuple[str, int | None, int | None, Any]:
+    """What a version-3 manifest says the object is: kind, mtime and mode of a file, the
+    raw table of a pack (checked against the size once that is known)."""
+    if version < META_VERSION:
+        return FILE, None, None, ()
+    kind = _get(body, "kind", str, where)
+    if kind not in KINDS:
+        raise ManifestError(f"{where}: unknown kind {kind!r}")
+    if kind == PACK:
+        return PACK, None, None, _get(body, "files", list, where)
+    return FILE, check_mtime(body.get("mtime_ns"), where), check_mode(body.get("mode"), where), ()
+
+
 def _check_geometry(m: Manifest, where: str) -> None:
     """The stripes must be what the recorded tier and geometry produce."""
-    if m.tier not in (1, 2, 3):
-        raise ManifestError(f"{where}: unknown tier {m.tier}")
     try:
         datetime.fromisoformat(m.created)
     except ValueError:
         raise ManifestError(f"{where}: created is not an ISO 8601 time") from None
+    if m.is_pack and m.size == 0:
+        if m.tier != 0 or m.stripes:
+            raise ManifestError(f"{where}: an empty pack is tier 0 without stripes")
+        return
+    if m.size <= 0:
+        raise ManifestError(f"{where}: size must be positive")
+    if m.tier not in (1, 2, 3):
+        raise ManifestError(f"{where}: unknown tier {m.tier}")
     if any(len(st.parity) != m.parity_shards for st in m.stripes):
         raise ManifestError(f"{where}: stripes do not have parity_shards parity shards")
     ks = [len(st.data) for st in m.stripes]
