@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,9 +25,8 @@ from conftest import Env, data
 
 
 def fake(second: int, size: int = 10) -> Any:
-    """What the tree reads of an entry: its manifest's size and creation time."""
-    created = datetime.fromtimestamp(1_700_000_000 + second, UTC).isoformat()
-    return SimpleNamespace(manifest=SimpleNamespace(size=size, created=created))
+    """What the tree reads of an entry: its size and modification time."""
+    return SimpleNamespace(size=size, mtime_ns=ns(second))
 
 
 def ns(second: int) -> int:

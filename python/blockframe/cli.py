@@ -158,14 +158,14 @@ def cmd_commit(cfg: Config, args: argparse.Namespace) -> int:
 
         results, failures = archive.commit_tree(src, args.replace, bar)
         for res in results:
-            _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
+            _say_commit(res.status, res.name, res.entry.size, res.entry.manifest.tier)
         for name, e in failures:
             _error(f"{name}: {e}")
         return max((e.exit_code for _, e in failures), default=0)
     size = src.stat().st_size if src.is_file() else 0
     with progress_bar(f"commit {src.name}", size) as cb:
         res = archive.commit(src, args.name, args.replace, cb)
-    _say_commit(res.status, res.name, res.entry.manifest.size, res.entry.manifest.tier)
+    _say_commit(res.status, res.name, res.entry.size, res.entry.manifest.tier)
     return 0
 
 
@@ -206,7 +206,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
         # Text, not a str: a name like "[red]x" is no markup.
         row: list[str | Text] = [
             Text(display_name(e.name)),
-            format_size(e.manifest.size),
+            format_size(e.size),
             str(e.manifest.tier),
             e.status,
         ]
@@ -223,7 +223,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
     archive = _archive(cfg, args)
     entry = archive.get(args.name)
-    size = entry.manifest.size
+    size = entry.size
     if args.output == "-":
         with progress_bar(f"restore {args.name}", size) as cb:
             report = archive.restore(entry, sys.stdout.buffer, cb)

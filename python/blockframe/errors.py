@@ -68,3 +68,7 @@ class NotDirectoryError(UsageError):
 
 class ReadOnlyError(UsageError):
     """Something tried to change the read-only view."""
+
+
+class NotALinkError(UsageError):
+    """readlink was asked of something that is not a symbolic link."""

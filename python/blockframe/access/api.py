@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from blockframe import _core
 from blockframe.access.tree import NameTree
-from blockframe.archive import Archive, ArchivedObject, Entry, open_archive_at
+from blockframe.archive import Archive, ArchivedObject, Entry, Index, open_archive_at
 from blockframe.config import StorageConfig
 from blockframe.errors import IntegrityError, ReadOnlyError, UsageError
 
@@ -62,11 +62,23 @@ class FileInfo:
     id: str
     content_hash: str
     created: str
+    mtime_ns: int = 0  # as committed (the commit time for objects that did not record it)
+    mode: int = 0o644  # permission bits as committed
 
     @classmethod
     def from_entry(cls, entry: Entry) -> FileInfo:
         m = entry.manifest
-        return cls(entry.name, m.size, m.tier, entry.status, m.id, m.content_hash, m.created)
+        return cls(
+            entry.name,
+            entry.size,
+            m.tier,
+            entry.status,
+            m.id,
+            entry.content_hash,
+            m.created,
+            entry.mtime_ns,
+            entry.mode,
+        )
 
 
 class ObjectReader(io.RawIOBase):
@@ -224,10 +236,13 @@ class BlockFrameArchive:
         """True for an archive read from a ``blockframe serve`` URL."""
         return self._remote is not None
 
-    def _entries(self) -> dict[str, Entry]:
+    def _index(self) -> Index:
         source = self._remote or self._local
         assert source is not None
-        return source.scan().entries
+        return source.scan()
+
+    def _entries(self) -> dict[str, Entry]:
+        return self._index().entries
 
     def _entry(self, name: str) -> Entry:
         if self._remote is not None:
@@ -243,7 +258,8 @@ class BlockFrameArchive:
     def tree(self) -> NameTree:
         """The usable objects as a directory tree (``a/b`` is the file ``b`` in the
         directory ``a``); scanned afresh at each call."""
-        return NameTree(self._entries())
+        index = self._index()
+        return NameTree(index.entries, index.dirs, index.links)
 
     def stat(self, name: str) -> FileInfo:
         """The object called ``name``; :class:`blockframe.errors.NotFoundError` if none."""

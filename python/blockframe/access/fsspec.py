@@ -19,7 +19,7 @@ import io
 import os
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fsspec.spec import AbstractFileSystem
@@ -109,14 +109,31 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
             "id": info.id,
             "content_hash": info.content_hash,
             "created": info.created,
+            "mtime": info.mtime_ns / 1e9,
+            "mode": info.mode,
         }
 
     def _entry(self, path: str, tree: NameTree) -> dict[str, Any] | None:
         entry = tree.file(path)
         if entry is not None:
             return self._file_entry(entry)
-        if tree.directory(path) is not None:
-            return {"name": path, "size": 0, "type": "directory"}
+        link = tree.link(path)
+        if link is not None:
+            # Never followed: the target is text for the caller, as local fsspec gives it.
+            return {
+                "name": path,
+                "size": 0,
+                "type": "other",
+                "islink": True,
+                "destination": link.target,
+                "mtime": link.mtime_ns / 1e9,
+            }
+        directory = tree.directory(path)
+        if directory is not None:
+            out: dict[str, Any] = {"name": path, "size": 0, "type": "directory"}
+            if directory.mode is not None:
+                out.update(mtime=directory.mtime_ns / 1e9, mode=directory.mode)
+            return out
         return None
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -136,7 +153,7 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 children = [child_path(path, c) for c in directory.children]
                 if not detail:
                     return children
-                return [self._entry(child, tree) for child in children]
+                return [e for c in children if (e := self._entry(c, tree)) is not None]
             entry = tree.file(path)
             if entry is not None:
                 return [self._file_entry(entry)] if detail else [path]
@@ -181,8 +198,12 @@ class BlockFrameFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return datetime.fromisoformat(self.info(path)["created"])
 
     def modified(self, path: str) -> datetime:
-        """Objects are write-once: modified is when the object was committed."""
-        return self.created(path)
+        """The file's modification time as committed (for files committed before that was
+        recorded: when they were committed)."""
+        info = self.info(path)
+        if "mtime" not in info:
+            return self.created(path)
+        return datetime.fromtimestamp(info["mtime"], UTC)
 
     def ukey(self, path: str) -> str:
         info = self.info(path)

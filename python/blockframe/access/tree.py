@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from blockframe.archive import Entry
+from blockframe.format.members import Member
 from blockframe.format.names import is_servable
 
 
 def mtime_ns(entry: Entry) -> int:
-    """When an object was committed (its manifest's creation time), in nanoseconds since
-    the epoch: the modification time every adapter reports for it."""
-    return int(datetime.fromisoformat(entry.manifest.created).timestamp() * 1_000_000_000)
+    """A file's modification time in nanoseconds since the epoch: as committed, or the
+    commit time for objects that did not record it."""
+    return entry.mtime_ns
 
 
 @dataclass(frozen=True)
@@ -32,55 +32,91 @@ class Directory:
 
     children: tuple[str, ...]  # the names in it (last segments), sorted by code point
     subdirs: int  # how many of them are directories
-    mtime_ns: int  # the newest file anywhere below it (0 when none)
+    mtime_ns: int  # as committed, else the newest file anywhere below it (0 when none)
+    mode: int | None = None  # permission bits as committed (None: not recorded)
 
 
 class NameTree:
-    """Files by path and the children of each directory, computed once: looking a path up
+    """Files, symbolic links and directories by path, computed once: looking a path up
     costs O(1) and listing a directory O(its entries).
 
-    :attr:`entries` is every object the tree was built from, :attr:`files` those that are
-    files of the tree (in name order), :attr:`hidden` those that lost to a directory, and
-    :attr:`dirs` every directory by path.
+    :attr:`entries` is every file the tree was built from, :attr:`files` those that are
+    files of the tree (in name order), :attr:`links` the symbolic links, :attr:`hidden`
+    the files and links that lost to a directory (or that no path can reach), and
+    :attr:`dirs` every directory by path. ``dirs`` given to the constructor are directories
+    a commit recorded (empty ones included), with their mtime and mode.
     """
 
-    def __init__(self, entries: Mapping[str, Entry] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Mapping[str, Entry] | None = None,
+        dirs: Mapping[str, Member] | None = None,
+        links: Mapping[str, Member] | None = None,
+    ) -> None:
         self.entries: Mapping[str, Entry] = entries or {}
+        recorded = {k: v for k, v in (dirs or {}).items() if is_servable(k)}
         children: dict[str, dict[str, bool]] = {"": {}}  # directory -> {child: is_dir}
-        for name in self.entries:
-            if not is_servable(name):
-                continue
+
+        def add(name: str, is_dir: bool) -> None:
             parent = ""
-            *dirs, last = name.split("/")
-            for part in dirs:
+            *parts, last = name.split("/")
+            for part in parts:
                 here = f"{parent}/{part}" if parent else part
                 children[parent][part] = True
                 children.setdefault(here, {})
                 parent = here
-            children[parent].setdefault(last, False)
+            if is_dir:
+                children[parent][last] = True
+                children.setdefault(name, {})
+            else:
+                children[parent].setdefault(last, False)
+
+        given: Mapping[str, Member] = links or {}
+        leaves = [*self.entries, *given]
+        for name in leaves:
+            if is_servable(name):
+                add(name, False)
+        for name in recorded:
+            add(name, True)
         self.files: dict[str, Entry] = {}
-        self.hidden: dict[str, Entry] = {}
-        for name in sorted(self.entries):
-            hidden = name in children or not is_servable(name)
-            (self.hidden if hidden else self.files)[name] = self.entries[name]
+        self.links: dict[str, Member] = {}
+        self.hidden: dict[str, Entry | Member] = {}
+        for name in sorted(leaves):
+            is_file = name in self.entries
+            node: Entry | Member = self.entries[name] if is_file else given[name]
+            if name in children or not is_servable(name):
+                self.hidden[name] = node
+            elif is_file:
+                self.files[name] = self.entries[name]
+            else:
+                self.links[name] = given[name]
         mtimes = dict.fromkeys(children, 0)
         for name, entry in self.files.items():
-            t = mtime_ns(entry)
+            t = entry.mtime_ns
             parent = name
             while parent:
                 parent = parent.rpartition("/")[0]
                 if mtimes[parent] >= t:
                     break  # and so is every directory above it
                 mtimes[parent] = t
-        self.dirs: dict[str, Directory] = {
-            path: Directory(tuple(sorted(kids)), sum(kids.values()), mtimes[path])
-            for path, kids in children.items()
-        }
-        self.size = sum(e.manifest.size for e in self.files.values())
+        self.dirs: dict[str, Directory] = {}
+        for path, kids in children.items():
+            rec = recorded.get(path)
+            self.dirs[path] = Directory(
+                tuple(sorted(kids)),
+                sum(kids.values()),
+                rec.mtime_ns if rec is not None else mtimes[path],
+                rec.mode if rec is not None else None,
+            )
+        self.size = sum(e.size for e in self.files.values())
 
     def file(self, path: str) -> Entry | None:
-        """The object at ``path``, if it is a file of the tree."""
+        """The file at ``path``, if it is a file of the tree."""
         return self.files.get(path)
+
+    def link(self, path: str) -> Member | None:
+        """The symbolic link at ``path``, if there is one."""
+        return self.links.get(path)
 
     def directory(self, path: str) -> Directory | None:
         """The directory at ``path`` (``""`` for the root), if there is one."""

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from blockframe import _core
-from blockframe.access.tree import NameTree, mtime_ns
+from blockframe.access.tree import NameTree
 from blockframe.archive import ArchivedObject, Entry, Index
-from blockframe.errors import IsDirectoryError, NotDirectoryError, NotFoundError
+from blockframe.errors import IsDirectoryError, NotALinkError, NotDirectoryError, NotFoundError
 from blockframe.format.names import normalize_path
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,18 @@ class Stat:
     mtime_ns: int
     nlink: int
     blksize: int = BLKSIZE
+    perm: int | None = None  # permission bits as committed (None: not recorded)
+    is_link: bool = False
 
     @property
     def mode(self) -> int:
-        return (stat.S_IFDIR | 0o555) if self.is_dir else (stat.S_IFREG | 0o444)
+        """File type and permission bits, write bits cleared: the view is read-only."""
+        if self.is_link:
+            return stat.S_IFLNK | 0o777
+        kind = stat.S_IFDIR if self.is_dir else stat.S_IFREG
+        default = 0o555 if self.is_dir else 0o444
+        perm = default if self.perm is None else self.perm & ~0o222
+        return kind | perm
 
 
 class Source(Protocol):
@@ -94,7 +102,7 @@ class ArchiveView:
         appear, removed objects disappear). Returns the new tree."""
         if index is None:
             index = self.archive.scan()
-        tree = NameTree(index.entries)
+        tree = NameTree(index.entries, index.dirs, index.links)
         for name in tree.hidden:
             log.warning("/%s is both a file and a directory; the file is hidden", name)
         for problem in index.problems:
@@ -109,18 +117,30 @@ class ArchiveView:
         key = normalize_path(path)[1:]
         entry = tree.file(key)
         if entry is not None:
-            return Stat(False, entry.manifest.size, mtime_ns(entry), 1)
+            return Stat(False, entry.size, entry.mtime_ns, 1, perm=entry.mode)
+        link = tree.link(key)
+        if link is not None:
+            return Stat(False, len(link.target.encode()), link.mtime_ns, 1, is_link=True)
         directory = tree.directory(key)
         if directory is None:
             raise NotFoundError(f"/{key}: no such file or directory")
-        return Stat(True, 0, directory.mtime_ns, 2 + directory.subdirs)
+        return Stat(True, 0, directory.mtime_ns, 2 + directory.subdirs, perm=directory.mode)
+
+    def readlink(self, path: str) -> str:
+        """The text of the symbolic link at ``path`` (never resolved here)."""
+        key = normalize_path(path)[1:]
+        link = self.tree.link(key)
+        if link is None:
+            self.stat(path)  # NotFoundError when there is nothing at all
+            raise NotALinkError(f"/{key}: not a symbolic link")
+        return link.target
 
     def listdir(self, path: str) -> list[str]:
         tree = self.tree
         key = normalize_path(path)[1:]
         directory = tree.directory(key)
         if directory is None:
-            if tree.file(key) is not None:
+            if tree.file(key) is not None or tree.link(key) is not None:
                 raise NotDirectoryError(f"/{key}: not a directory")
             raise NotFoundError(f"/{key}: no such file or directory")
         return list(directory.children)

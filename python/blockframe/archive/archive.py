@@ -36,8 +36,12 @@ from blockframe.errors import (
     SourceError,
 )
 from blockframe.format.manifest import Manifest
-from blockframe.format.names import ID_LEN, dirname_prefix, validate_name
+from blockframe.format.members import PACK_PREFIX
+from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_name
 from blockframe.storage.volumes import VolumeSet
+
+# What the directory of every pack starts with (FORMAT.md §18).
+PACKS = encode(PACK_PREFIX)
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +153,14 @@ class Archive:
         return index
 
     def find(self, name: str) -> Entry | None:
-        """The object called ``name``, loading only the manifests of directories whose
-        name could hold it (not the whole archive)."""
+        """The file called ``name``, loading only the manifests of directories that could
+        hold it: objects of that name, and packs (not the whole archive)."""
         prefix = dirname_prefix(name)
-        listing = self._listing(lambda d: d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
-        return self._index(listing.objects).entries.get(name)
+
+        def candidate(d: str) -> bool:
+            return d.startswith(PACKS) or (d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
+
+        return self._index(self._listing(candidate).objects).entries.get(name)
 
     def get(self, name: str) -> Entry:
         """Like :meth:`find`, but a missing name is a NotFoundError."""
@@ -191,8 +198,8 @@ class Archive:
         name = validate_name(name if name is not None else src.name)
         existing = self.find(name) if self.backend.exists() else None
         if existing is not None:
-            same_size = existing.manifest.size == size
-            if same_size and hash_file(src) == existing.manifest.content_hash:
+            same_size = existing.size == size
+            if same_size and hash_file(src) == existing.content_hash:
                 return CommitResult(name, "unchanged", existing)
             if not replace:
                 raise ConflictError(
@@ -203,7 +210,7 @@ class Archive:
         entry = self.backend.write_object(src, size, name, self.storage, progress)
         if existing is None:
             return CommitResult(name, "committed", entry)
-        if existing.dirname != entry.dirname:
+        if existing.member is None and existing.dirname != entry.dirname:
             self.backend.discard(existing)
         return CommitResult(name, "replaced", entry)
 

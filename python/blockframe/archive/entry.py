@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from blockframe.errors import ManifestError, UsageError
 from blockframe.format.manifest import Manifest
+from blockframe.format.members import Member
 from blockframe.format.names import check_stored_name, dirname_for
 
 if TYPE_CHECKING:
@@ -74,6 +76,14 @@ class Listing:
         return sorted(set(self.objects) | strays)
 
 
+DEFAULT_MODE = 0o644  # what files committed before modes were recorded show
+
+
+def created_ns(created: str) -> int:
+    """A manifest's ``created`` time in nanoseconds since the epoch."""
+    return int(datetime.fromisoformat(created).timestamp() * 1_000_000_000)
+
+
 def newest_first(copies: Iterable[tuple[str, str]]) -> list[str]:
     """Directories holding copies of one name, as ``(created, dirname)``, the one that
     wins first (FORMAT.md §11): the greater ``created`` (the timestamps all have one form,
@@ -83,7 +93,8 @@ def newest_first(copies: Iterable[tuple[str, str]]) -> list[str]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One committed object as found in the archive."""
+    """One file of the archive: a committed object, or a file of a pack (``member``; then
+    ``path`` and ``manifest`` are the pack's and ``name`` the member's)."""
 
     name: str
     path: Path
@@ -91,6 +102,50 @@ class Entry:
     manifest_repaired: tuple[str, ...] = ()
     # The volumes of a volume archive (None: the object is one directory, ``path``).
     volumes: VolumeSet | None = field(default=None, compare=False, repr=False)
+    member: Member | None = None
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return self.member.size if self.member is not None else self.manifest.size
+
+    @property
+    def offset(self) -> int:
+        """Where the file's bytes start in the object (0 unless it is in a pack)."""
+        return self.member.offset if self.member is not None else 0
+
+    @property
+    def content_hash(self) -> str:
+        """BLAKE3 of the file's bytes, 64 hex digits."""
+        m = self.member
+        return m.content_hash if m is not None else self.manifest.content_hash
+
+    @property
+    def mtime_ns(self) -> int:
+        """The file's modification time as committed; the commit time for objects of
+        versions 1 and 2, which did not record it."""
+        if self.member is not None:
+            return self.member.mtime_ns
+        if self.manifest.mtime_ns is not None:
+            return self.manifest.mtime_ns
+        return created_ns(self.manifest.created)
+
+    @property
+    def mode(self) -> int:
+        """The file's permission bits as committed (0o644 when not recorded)."""
+        if self.member is not None:
+            return self.member.mode
+        return self.manifest.mode if self.manifest.mode is not None else DEFAULT_MODE
+
+    def members(self) -> list[Entry]:
+        """The files of a pack, each an entry of its own (none for other objects)."""
+        return [self.member_entry(m) for m in self.manifest.members if m.type == "file"]
+
+    def member_entry(self, member: Member) -> Entry:
+        """The entry of one file of this pack."""
+        return Entry(
+            member.name, self.path, self.manifest, self.manifest_repaired, self.volumes, member
+        )
 
     @property
     def dirname(self) -> str:
@@ -116,13 +171,17 @@ class Entry:
         m = self.manifest
         out: dict[str, str | int] = {
             "name": self.name,
-            "size": m.size,
+            "size": self.size,
             "tier": m.tier,
             "status": self.status,
             "id": m.id,
-            "content_hash": m.content_hash,
+            "content_hash": self.content_hash,
             "created": m.created,
+            "mtime_ns": self.mtime_ns,
+            "mode": self.mode,
         }
+        if self.member is not None:
+            out["pack"] = self.dirname
         if self.volumes is not None:
             out["volumes_can_lose"] = self.can_lose()
         return out
@@ -138,25 +197,61 @@ class Problem:
 
 @dataclass
 class Index:
-    """Names of the usable objects, and what was skipped and why."""
+    """The archive's name tree as its objects give it, and what was skipped and why.
+
+    :attr:`entries` are the files by name (objects, and files of packs), :attr:`dirs` and
+    :attr:`links` the directories and symbolic links that packs record, and
+    :attr:`objects` every usable object by directory, packs included. When several
+    objects give one name, the newest wins (FORMAT.md §11, §18.3)."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    dirs: dict[str, Member] = field(default_factory=dict)
+    links: dict[str, Member] = field(default_factory=dict)
+    objects: dict[str, Entry] = field(default_factory=dict)
+    # name -> (created, dirname) of the object that gave it
+    _given_by: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def add(self, dirname: str, entry: Entry | None) -> None:
         """Add what loading directory ``dirname`` gave: an entry, or None for a stray.
-        Two complete copies of one name are what a replace interrupted between sealing
-        the new object and removing the old one leaves: the newer one wins."""
+        Two complete objects of one name are what a replace interrupted between sealing
+        the new object and removing the old one leaves: the newer one wins, and the older
+        is reported. A file of a pack that a newer commit replaced is simply not shown."""
         if entry is None:
             self.problems.append(Problem(dirname, "stray file (not an object directory)"))
             return
-        other = self.entries.get(entry.name)
-        if other is not None:
-            both = {e.dirname: e for e in (entry, other)}
-            newer, older = newest_first((e.manifest.created, e.dirname) for e in both.values())
-            self.problems.append(Problem(older, f"older copy of {entry.name!r} (superseded)"))
-            entry = both[newer]
-        self.entries[entry.name] = entry
+        self.objects[entry.dirname] = entry
+        key = (entry.manifest.created, entry.dirname)
+        if not entry.manifest.is_pack:
+            self._offer(entry.name, key, entry)
+            return
+        for m in entry.manifest.members:
+            node = entry.member_entry(m) if m.type == "file" else m
+            self._offer(m.name, key, node)
+
+    def _offer(self, name: str, key: tuple[str, str], node: Entry | Member) -> None:
+        held = self._given_by.get(name)
+        if held is not None:
+            newer = newest_first([held, key])[0]
+            if newer == held[1]:
+                self._superseded(name, key[1])
+                return
+            self._superseded(name, held[1])
+            self.entries.pop(name, None)
+            self.dirs.pop(name, None)
+            self.links.pop(name, None)
+        self._given_by[name] = key
+        if isinstance(node, Entry):
+            self.entries[name] = node
+        elif node.type == "dir":
+            self.dirs[name] = node
+        else:
+            self.links[name] = node
+
+    def _superseded(self, name: str, dirname: str) -> None:
+        loser = self.objects.get(dirname)
+        if loser is not None and not loser.manifest.is_pack:
+            self.problems.append(Problem(dirname, f"older copy of {name!r} (superseded)"))
 
 
 @dataclass(frozen=True)

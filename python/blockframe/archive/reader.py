@@ -23,7 +23,8 @@ Fetch = Callable[[int, int, int, int], bytes | memoryview | None]
 
 
 class ArchivedObject:
-    """Verified random access to one object (every byte returned matches the manifest).
+    """Verified random access to one file (every byte returned matches the manifest): an
+    object, or a file of a pack, which is a window onto the pack's bytes.
 
     Shards found bad during reads are remembered in :attr:`damaged`; :meth:`repair` rebuilds
     them on disk. Both are counted in :mod:`blockframe.metrics`.
@@ -36,12 +37,18 @@ class ArchivedObject:
         fetch: Fetch | None = None,
     ) -> None:
         self.entry = entry
-        self._core = core_object(entry, cache, fetch)
+        # An empty pack has no stripes and nothing to read.
+        self._core = core_object(entry, cache, fetch) if entry.manifest.stripes else None
         self.damaged: dict[tuple[int, int], str] = {}
+        self._start = entry.offset
 
     @property
     def size(self) -> int:
-        return self.entry.manifest.size
+        return self.entry.size
+
+    def _span(self, offset: int, size: int) -> int:
+        """How many of ``size`` bytes from ``offset`` lie inside the file."""
+        return max(0, min(size, self.size - offset))
 
     def shard(self, stripe: int, shard: int) -> Shard:
         return self.entry.manifest.stripes[stripe].shards[shard]
@@ -57,8 +64,11 @@ class ArchivedObject:
         """Verified bytes at ``offset`` (fewer at the end of the file)."""
         if offset < 0 or size < 0:
             raise UsageError("offset and size must not be negative")
+        size = self._span(offset, size)
+        if size == 0 or self._core is None:
+            return b""
         try:
-            data, bad = self._core.read(offset, size)
+            data, bad = self._core.read(self._start + offset, size)
         except _core.UnrecoverableError as e:
             raise IntegrityError(f"{self.entry.name}: {e}") from None
         except _core.CoreError as e:
@@ -71,8 +81,13 @@ class ArchivedObject:
         the end of the file). Nothing else may touch ``buffer`` during the call."""
         if offset < 0:
             raise UsageError("offset must not be negative")
+        span = self._span(offset, len(buffer))
+        if span == 0 or self._core is None:
+            return 0
+        if span < len(buffer):
+            buffer = buffer[:span]
         try:
-            n, bad = self._core.read_into(buffer, offset)
+            n, bad = self._core.read_into(buffer, self._start + offset)
         except _core.CoreError as e:
             raise IntegrityError(f"{self.entry.name}: {e}") from None
         if bad:
@@ -82,16 +97,37 @@ class ArchivedObject:
     def verify_parity(self) -> None:
         """Verify every parity shard, remembering bad ones in :attr:`damaged`. A few at a
         time: the core releases the GIL, and remote shards are latency-bound."""
+        wanted = self.stripes()
         todo = [
             (si, len(st.data) + j)
             for si, st in enumerate(self.entry.manifest.stripes)
+            if si in wanted
             for j in range(len(st.parity))
         ]
+        if self._core is None:
+            return
+        core = self._core
         with ThreadPoolExecutor(PARITY_WORKERS, thread_name_prefix="parity") as pool:
-            checks = list(pool.map(lambda t: self._core.verify_shard(*t)[1], todo))
+            checks = list(pool.map(lambda t: core.verify_shard(*t)[1], todo))
         for (si, shard), damage in zip(todo, checks, strict=True):
             if damage is not None:
                 self._note([(si, shard, damage)])
+
+    def stripes(self) -> range:
+        """The stripes holding the file's bytes: all of an object's, those a file of a
+        pack overlaps (an empty file: none)."""
+        if self.entry.member is None:
+            return range(len(self.entry.manifest.stripes))
+        start, end = self._start, self._start + self.size
+        first = last = None
+        at = 0
+        for si, st in enumerate(self.entry.manifest.stripes):
+            n = sum(s.size for s in st.data)
+            if at < end and start < at + n:
+                first = si if first is None else first
+                last = si
+            at += n
+        return range(0) if first is None or last is None else range(first, last + 1)
 
     def repair(self) -> tuple[list[str], list[str]]:
         """Rebuild every shard in :attr:`damaged`; returns (repaired, failed) descriptions."""
@@ -111,6 +147,8 @@ class ArchivedObject:
                 continue
             if vs is not None:
                 vs.prepare_object_dir(self.entry.dirname, volume)
+            if self._core is None:
+                break
             try:
                 chunks, more = self._core.repair_shard(stripe, shard)
             except _core.CoreError as e:

@@ -113,6 +113,8 @@ class RemoteArchive:
             if not isinstance(name, str) or not _valid(name):
                 index.problems.append(Problem(display(name), "invalid object name (skipped)"))
                 continue
+            if name in index.entries:
+                continue  # a file of a pack whose manifest came with an earlier name
             try:
                 index.add(name, self._entry(name))
             except (ManifestError, ArchiveError, NotFoundError) as e:
@@ -139,9 +141,15 @@ class RemoteArchive:
         if status != 200:
             raise ArchiveError(f"{name}: manifest request failed with HTTP {status}")
         manifest = parse(body, f"{self.root} {name}")
-        if manifest.name != name:
-            raise ManifestError(f"{name}: the server sent the manifest of {manifest.name!r}")
-        return Entry(name, Path(dirname_for(name, manifest.id)), manifest)
+        entry = Entry(manifest.name, Path(dirname_for(manifest.name, manifest.id)), manifest)
+        if manifest.is_pack:
+            # A file of a pack: the pack's manifest, whose table must hold the file.
+            for m in manifest.members:
+                if m.name == name and m.type == "file":
+                    return entry.member_entry(m)
+        elif manifest.name == name:
+            return entry
+        raise ManifestError(f"{name}: the server sent the manifest of {manifest.name!r}")
 
     def get(self, name: str) -> Entry:
         """The object called ``name`` (with a pin: as the verified catalog has it)."""

@@ -60,12 +60,18 @@ def check_name(name: str) -> str:
 
 
 def dirname_for(name: str, object_id: str) -> str:
-    """``<name>_<id>`` with ``%`` and ``/`` percent-encoded (and a leading dot, which would
-    hide the directory), so every object is one directory directly under the archive."""
+    """``<name>_<id>`` with the name encoded (:func:`encode`), so every object is one
+    directory directly under the archive."""
+    return f"{encode(name)}_{object_id}"
+
+
+def encode(name: str) -> str:
+    """``name`` with ``%`` and ``/`` percent-encoded (and a leading dot, which would hide
+    the directory): the first part of an object directory's name (FORMAT.md §4)."""
     encoded = name.replace("%", "%25").replace("/", "%2F")
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]
-    return f"{encoded}_{object_id}"
+    return encoded
 
 
 def dirname_prefix(name: str) -> str:

@@ -10,31 +10,42 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from blockframe import _core
 from blockframe.errors import UsageError
-from blockframe.format.manifest import Manifest
+from blockframe.format.manifest import META_VERSION, Manifest
 
 _PIN = re.compile(r"[0-9a-f]{64}")
 
 
 def pin_of(manifests: Iterable[Manifest]) -> str:
-    """The pin of an archive whose usable objects have these manifests."""
-    doc = [
-        {
-            "name": m.name,
-            "size": m.size,
-            "content_hash": m.content_hash,
-            "merkle_root": m.merkle_root,
-            "chunk_size": m.chunk_size,
-            "stripes": [
-                [[s.size for s in st.data], [s.size for s in st.parity]] for st in m.stripes
-            ],
-        }
-        for m in sorted(manifests, key=lambda m: m.name)
-    ]
+    """The pin of an archive whose usable objects have these manifests (each object
+    counted once, however many of its files are given)."""
+    unique = {m.name: m for m in manifests}
+    doc = [_pinned(unique[name]) for name in sorted(unique)]
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     return _core.blake3(b"blockframe-pin-v1\n" + raw).hex()
+
+
+def _pinned(m: Manifest) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": m.name,
+        "size": m.size,
+        "content_hash": m.content_hash,
+        "merkle_root": m.merkle_root,
+        "chunk_size": m.chunk_size,
+        "stripes": [[[s.size for s in st.data], [s.size for s in st.parity]] for st in m.stripes],
+    }
+    if m.version >= META_VERSION:
+        # What a file is and, for a pack, which name reads which bytes: a forged table
+        # must change the pin as a forged hash does.
+        doc["kind"] = m.kind
+        if m.is_pack:
+            doc["files"] = [member.to_dict() for member in m.members]
+        else:
+            doc["mtime_ns"], doc["mode"] = m.mtime_ns, m.mode
+    return doc
 
 
 def check_pin(pin: str) -> str:

@@ -101,7 +101,7 @@ class Server:
             entries = self.catalog.entries()
             return {
                 "objects": len(entries),
-                "bytes": sum(e.manifest.size for e in entries),
+                "bytes": sum(e.size for e in entries),
                 "problems": self.catalog.problems,
                 "last_scrub": self.catalog.last_scrub(),
             }

@@ -39,8 +39,8 @@ BUCKET_PIECE = 8 << 20  # shard bytes fetched from a bucket per request
 async def file_response(catalog: Catalog, request: Request, entry: Entry) -> Response:
     """The verified bytes of ``entry`` (or the range asked for). A first piece that fails
     verification is an error before any byte is sent; a later one aborts the stream."""
-    size = entry.manifest.size
-    etag = f'"{entry.manifest.content_hash}"'
+    size = entry.size
+    etag = f'"{entry.content_hash}"'
     try:
         span = range_for(request.headers, size, etag)
     except RangeNotSatisfiable:
