@@ -122,6 +122,8 @@ class StorageConfig:
     block_segments: int = 30
     parity_shards: int = 3
     chunk_size: int = 64 * 2**10
+    # Directory commits pack files smaller than this together (FORMAT.md §18); 0: never.
+    pack_max: int = 10 * 10**6
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "block_segments": "int",
         "parity_shards": "int",
         "chunk_size": "size",
+        "pack_max": "size",
     },
 }
 

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blockframe.config import StorageConfig
+from blockframe.format.manifest import ALIGN
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,19 @@ def plan(size: int, storage: StorageConfig) -> tuple[int, list[PlannedStripe]]:
             )
         )
     return 3, stripes
+
+
+def pack_segment_size(size: int, storage: StorageConfig) -> int:
+    """The segment size of a pack of ``size`` bytes (FORMAT.md §18.2): the pack spread
+    over ``block_segments`` segments, so its parity costs parity_shards/block_segments of it
+    however small it is; rounded up to whole chunks (to 64 bytes below one chunk), and
+    never more than ``segment_size``."""
+    per = -(-size // storage.block_segments)
+    unit = storage.chunk_size if per >= storage.chunk_size else ALIGN
+    return max(ALIGN, min(storage.segment_size, -(-per // unit) * unit))
+
+
+def pack_storage(size: int, storage: StorageConfig) -> StorageConfig:
+    """The geometry a pack of ``size`` bytes is written with: tier 3 at its own segment
+    size (which its manifest records)."""
+    return replace(storage, segment_size=pack_segment_size(size, storage), tier1_max=0, tier2_max=0)
