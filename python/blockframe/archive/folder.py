@@ -59,8 +59,9 @@ def _walk(directory: Path, name: str, out: Folder) -> None:
     try:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        out.failures.append((name, SourceError(f"{directory}: cannot list: {e.strerror or e}")))
+    except OSError as err:
+        why = err.strerror or err
+        out.failures.append((name, SourceError(f"{directory}: cannot list: {why}")))
         return
     for e in entries:
         child = f"{name}/{e.name}"
