@@ -17,7 +17,7 @@ from blockframe import __version__
 from blockframe.archive import Archive, RestoreReport, open_location
 from blockframe.archive.restore import atomic_output
 from blockframe.config import Config, format_size, load_config, token_from
-from blockframe.errors import BlockFrameError, OutputError, UsageError
+from blockframe.errors import BlockFrameError, NotFoundError, OutputError, UsageError
 from blockframe.format.names import display_name
 
 log = logging.getLogger("blockframe")
@@ -222,7 +222,9 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
     archive = _archive(cfg, args)
-    entry = archive.get(args.name)
+    entry = None if args.name.endswith("/") else archive.find(args.name)
+    if entry is None:
+        return _restore_tree(archive, args)
     size = entry.size
     if args.output == "-":
         with progress_bar(f"restore {args.name}", size) as cb:
@@ -250,6 +252,36 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
         log.info("restored %s to %s", args.name, out)
     _report_repairs(report)
     return 0 if not report.unrepaired else 1
+
+
+def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
+    """``restore DIR``: a directory of the name tree, restored like ``cp -r``."""
+    from blockframe.archive.restore_tree import destination, restore_tree, subtree
+
+    if args.output == "-":
+        raise UsageError(f"{args.name!r} is a directory: it cannot go to stdout")
+    index = archive.scan()
+    try:
+        tree = subtree(index, args.name)
+    except NotFoundError:
+        raise NotFoundError(f"no object named {args.name!r} in {archive.location}") from None
+    final = destination(tree, Path(args.output) if args.output else None)
+    total = sum(e.size for e in tree.files.values())
+    with progress_bar(f"restore {tree.name}/", total) as cb:
+        report = restore_tree(index, tree, final, args.force, cb)
+    for name, why in report.failed:
+        log.error("%s: not restored: %s", name, why)
+    for problem in report.unrepaired:
+        log.error("%s: could not repair %s", tree.name, problem)
+    log.info(
+        "restored %s to %s: %d files, %d directories, %d links",
+        tree.name,
+        final,
+        report.files,
+        report.dirs,
+        report.links,
+    )
+    return 1 if report.failed or report.unrepaired else 0
 
 
 def _report_repairs(report: RestoreReport) -> None:

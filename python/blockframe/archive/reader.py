@@ -42,6 +42,19 @@ class ArchivedObject:
         self.damaged: dict[tuple[int, int], str] = {}
         self._start = entry.offset
 
+    def window(self, entry: Entry) -> ArchivedObject:
+        """Another file of the same object (a file of this pack, or the pack itself),
+        sharing this one's reader: opening many small files of one pack then costs no
+        more than opening the pack once."""
+        if entry.dirname != self.entry.dirname or entry.manifest.id != self.entry.manifest.id:
+            raise UsageError(f"{entry.name} is not in {self.entry.dirname}")
+        other = object.__new__(ArchivedObject)
+        other.entry = entry
+        other._core = self._core
+        other.damaged = {}
+        other._start = entry.offset
+        return other
+
     @property
     def size(self) -> int:
         return self.entry.size

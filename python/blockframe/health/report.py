@@ -76,6 +76,18 @@ class LostRange:
 
 
 @dataclass
+class FileLoss:
+    """A file of a pack that lost bytes: its name and its lost ranges, as offsets of the
+    file itself (not of the pack)."""
+
+    name: str
+    lost: list[LostRange]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lost": [r.to_dict() for r in self.lost]}
+
+
+@dataclass
 class ObjectReport:
     """What the scrub found and did for one object directory."""
 
@@ -94,6 +106,7 @@ class ObjectReport:
     manifest_damaged: list[tuple[str, str]] = field(default_factory=list)  # (copy, problem)
     shards: list[ShardReport] = field(default_factory=list)
     lost: list[LostRange] = field(default_factory=list)
+    files_lost: list[FileLoss] = field(default_factory=list)  # packs: per file
     superseded_by: str | None = None
     problem: str | None = None
     verified_at: float | None = None
@@ -123,6 +136,7 @@ class ObjectReport:
             },
             "shards": [s.to_dict() for s in self.shards],
             "lost": [r.to_dict() for r in self.lost],
+            "files_lost": [f.to_dict() for f in self.files_lost],
             "superseded_by": self.superseded_by,
             "problem": self.problem,
             "verified_at": iso(self.verified_at),
@@ -281,6 +295,9 @@ def _details(o: ObjectReport) -> list[str]:
     for r in o.lost:
         more = "shard" if r.shards_needed == 1 else "shards"
         out.append(f"LOST bytes {r.start}-{r.end - 1} (needs {r.shards_needed} more {more})")
+    for f in o.files_lost:
+        ranges = ", ".join(f"{r.start}-{r.end - 1}" for r in f.lost)
+        out.append(f"LOST in {f.name}: bytes {ranges}")
     if not o.complete and o.stripes_scrubbed and o.stripes:
         a, b = o.stripes_scrubbed
         out.append(f"stripes {a}-{b - 1} of {o.stripes} scrubbed (time budget; resumes next run)")

@@ -42,7 +42,7 @@ from blockframe.health.report import (
     Skipped,
 )
 from blockframe.health.state import STATE_DIR, STATE_FILE, Freshness, LastScrub, State
-from blockframe.health.stripe import data_starts, merge_lost, scrub_stripe
+from blockframe.health.stripe import data_starts, files_lost, merge_lost, scrub_stripe
 from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose, replace_lost
 
 __all__ = ["Health", "scrub"]
@@ -194,10 +194,12 @@ class Health:
             if si > first and deadline is not None and self.clock() >= deadline:
                 obj.complete = False
                 break
+            assert core is not None  # there are stripes
             scrub_stripe(core, m, si, starts[si], obj, pool, tick, self.options.dry_run)
             end = si + 1
         obj.stripes_scrubbed = (first, end)
         obj.lost = merge_lost(obj.lost)
+        obj.files_lost = files_lost(m, obj.lost)
         if self.vs is not None and target is not None:
             self._settle(self.vs, d, m, target, obj, report)
         remains = obj.manifest_damaged or any(not s.repaired for s in obj.shards)
@@ -211,13 +213,14 @@ class Health:
 
     def _open_dir(
         self, d: str, obj: ObjectReport, report: HealthReport
-    ) -> tuple[Manifest, _core.Object]:
+    ) -> tuple[Manifest, _core.Object | None]:
         """Manifest (copies checked and restored) and core reader of a directory object."""
         path = self.root / d
         loaded = load_dir(path, repair=not self.options.dry_run)
         m = loaded.manifest
         check_dirname(d, m)
-        core = core_object(Entry(m.name, path, m))
+        # An empty pack has no stripes: its manifests are all there is to check.
+        core = core_object(Entry(m.name, path, m)) if m.stripes else None
         self._describe(obj, m)
         obj.manifest_repaired = list(loaded.repaired)
         for copy in (MANIFEST, REPLICA):
@@ -236,7 +239,7 @@ class Health:
 
     def _open_volumes(
         self, vs: VolumeSet, d: str, obj: ObjectReport, report: HealthReport
-    ) -> tuple[Manifest, Manifest, _core.Object]:
+    ) -> tuple[Manifest, Manifest, _core.Object | None]:
         """Manifest, the placement to scrub against and the core reader of an object of a
         volume archive. Copies are checked and written on every present volume; shards of
         absent volumes are given new homes on present ones (rebuilt by the scrub)."""
@@ -265,7 +268,11 @@ class Health:
             if COMMITTING in names and not dry:
                 with contextlib.suppress(OSError):
                     vol.remove(f"{d}/{COMMITTING}")  # the commit got as far as manifests
-        core = core_object(Entry(m.name, self.root / d, m, (), vs), manifest=target)
+        core = (
+            core_object(Entry(m.name, self.root / d, m, (), vs), manifest=target)
+            if m.stripes
+            else None
+        )
         return m, target, core
 
     def _settle(

@@ -10,9 +10,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from blockframe import _core
 from blockframe.format.manifest import Manifest
-from blockframe.health.report import LostRange, ObjectReport, ShardReport
+from blockframe.health.report import FileLoss, LostRange, ObjectReport, ShardReport
 
-__all__ = ["data_starts", "merge_lost", "scrub_stripe"]
+__all__ = ["data_starts", "files_lost", "merge_lost", "scrub_stripe"]
 
 
 def scrub_stripe(
@@ -125,4 +125,26 @@ def merge_lost(ranges: list[LostRange]) -> list[LostRange]:
             )
         else:
             out.append(r)
+    return out
+
+
+def files_lost(m: Manifest, lost: list[LostRange]) -> list[FileLoss]:
+    """For a pack: each file that overlaps a lost range, with the overlap as offsets of
+    that file (the report names files, not pack offsets)."""
+    out: list[FileLoss] = []
+    if not m.is_pack or not lost:
+        return out
+    for f in m.members:
+        if f.type != "file" or f.size == 0:
+            continue
+        end = f.offset + f.size
+        mine = [
+            LostRange(
+                max(r.start, f.offset) - f.offset, min(r.end, end) - f.offset, r.shards_needed
+            )
+            for r in lost
+            if r.start < end and f.offset < r.end
+        ]
+        if mine:
+            out.append(FileLoss(f.name, mine))
     return out
