@@ -5,6 +5,7 @@ wrote."""
 from __future__ import annotations
 
 __all__ = [
+    "ObjectMeta",
     "Progress",
     "build_manifest",
     "check_manifest_fits",
@@ -15,9 +16,11 @@ __all__ = [
 ]
 
 import contextlib
+import os
 import shutil
 import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +30,24 @@ from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, SourceError
 from blockframe.format import layout
 from blockframe.format.manifest import MAX_MANIFEST, Manifest, Shard, Stripe, padded_size
+from blockframe.format.members import FILE, Member, mode_bits
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What a new object is, beyond its bytes (FORMAT.md §18): a file with the mtime and
+    permission bits it had, or a pack with its table. The default records nothing (a
+    version 1 or 2 manifest)."""
+
+    kind: str = FILE
+    mtime_ns: int | None = None
+    mode: int | None = None
+    members: tuple[Member, ...] = ()
+
+    @staticmethod
+    def of_file(st: os.stat_result) -> ObjectMeta:
+        """A file's metadata as ``stat`` gave it."""
+        return ObjectMeta(FILE, st.st_mtime_ns, mode_bits(st.st_mode))
 
 
 @contextlib.contextmanager
@@ -117,9 +138,12 @@ def build_manifest(
     content: bytes,
     hashes: list[list[bytes]],
     placement: list[list[int]] | None = None,
+    meta: ObjectMeta | None = None,
 ) -> Manifest:
     """The manifest of a just-written object; ``placement`` (per stripe, the volume of
-    each shard) makes it a volume archive's manifest."""
+    each shard) makes it a volume archive's manifest, ``meta`` says what it is (a file
+    with its mtime and mode, or a pack with its table: version 3 or 4)."""
+    meta = meta or ObjectMeta()
     built = []
     for si, (st, shard_hashes) in enumerate(zip(stripes, hashes, strict=True)):
         k = len(st.data)
@@ -149,4 +173,8 @@ def build_manifest(
         stripes=tuple(built),
         merkle_root=_core.merkle_root(leaves).hex(),
         volumes=placement is not None,
+        kind=meta.kind,
+        mtime_ns=meta.mtime_ns,
+        mode=meta.mode,
+        members=meta.members,
     )

@@ -229,6 +229,11 @@ class Index:
             node = entry.member_entry(m) if m.type == "file" else m
             self._offer(m.name, key, node)
 
+    def given_by(self, name: str) -> str | None:
+        """The directory of the object that gives ``name`` (None: no such name)."""
+        held = self._given_by.get(name)
+        return held[1] if held is not None else None
+
     def _offer(self, name: str, key: tuple[str, str], node: Entry | Member) -> None:
         held = self._given_by.get(name)
         if held is not None:
