@@ -258,13 +258,13 @@ def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
     """``restore DIR``: a directory of the name tree, restored like ``cp -r``."""
     from blockframe.archive.restore_tree import destination, restore_tree, subtree
 
-    if args.output == "-":
-        raise UsageError(f"{args.name!r} is a directory: it cannot go to stdout")
     index = archive.scan()
     try:
         tree = subtree(index, args.name)
     except NotFoundError:
         raise NotFoundError(f"no object named {args.name!r} in {archive.location}") from None
+    if args.output == "-":
+        raise UsageError(f"{args.name!r} is a directory: it cannot go to stdout")
     final = destination(tree, Path(args.output) if args.output else None)
     total = sum(e.size for e in tree.files.values())
     with progress_bar(f"restore {tree.name}/", total) as cb:

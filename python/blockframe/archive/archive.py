@@ -39,6 +39,7 @@ from blockframe.format.manifest import Manifest
 from blockframe.format.members import PACK_PREFIX
 from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_name
 from blockframe.storage.volumes import VolumeSet
+from blockframe.testhook import crash_point
 
 # What the directory of every pack starts with (FORMAT.md §18).
 PACKS = encode(PACK_PREFIX)
@@ -256,6 +257,7 @@ class Archive:
         report = RestoreReport(obj.entry.name, obj.size)
         for piece in obj.chunks(progress):
             out.write(piece)
+            crash_point("restore:writing")
         obj.verify_parity()
         report.damaged = sorted(
             f"{obj.shard(st, sh).path} ({d})" for (st, sh), d in obj.damaged.items()

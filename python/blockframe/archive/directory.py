@@ -42,6 +42,7 @@ from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Loaded, Manifest, load_from
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import atomic_write, fsync_dir, write_new
+from blockframe.testhook import crash_in_progress, crash_point
 
 STAGING = ".staging"
 TRASH = ".trash"
@@ -230,13 +231,14 @@ class DirectoryBackend:
                 [(str(stage), True)],
                 storage.chunk_size,
                 [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
-                progress,
+                crash_in_progress("commit:writing", progress),
             )
             manifest = build_manifest(name, size, tier, storage, stripes, content, hashes)
             body = manifest.to_json()
             for copy in (MANIFEST, REPLICA):
                 write_new(stage / copy, body)
             fsync_dir(stage)
+            crash_point("commit:staged")
             final = self.root / dirname_for(name, manifest.id)
             if final.exists():
                 raise ConflictError(
@@ -245,6 +247,7 @@ class DirectoryBackend:
                 )
             os.rename(stage, final)
             fsync_dir(self.root)
+            crash_point("commit:published")
         return Entry(name, final, manifest)
 
     def discard(self, entry: Entry) -> None:

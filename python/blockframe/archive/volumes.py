@@ -4,9 +4,10 @@ Commit order (FORMAT.md, "Volume archives"): the core writes the shards into a s
 directory on each local volume (and into a local temporary directory for each S3 volume);
 each object directory first gets a ``.committing`` marker, then its shards (local: the
 staging directory is renamed into place; S3: uploaded); only when every shard of every
-volume is in place are the manifests written, on every volume, and the markers removed. An
-object is visible once a manifest exists, so a crash leaves either nothing visible (a
-marked directory that ``health`` removes) or a complete object.
+volume is in place are the manifests written, on every volume, and then the markers
+removed. An object is published once a volume holds a manifest and no marker, so a crash
+leaves either nothing visible (marked directories that ``health`` removes, or finishes
+when every volume already holds the manifests) or a complete object.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import fsync_dir, write_new
-from blockframe.storage.volumes import VolumeSet, adapted_storage, place
+from blockframe.storage.volumes import REMOVING, VolumeSet, adapted_storage, place
+from blockframe.testhook import crash_in_progress, crash_point
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +215,9 @@ class VolumeBackend:
                     roots,
                     storage.chunk_size,
                     [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
-                    _both(progress, uploader.progress if uploader else None),
+                    crash_in_progress(
+                        "commit:writing", _both(progress, uploader.progress if uploader else None)
+                    ),
                     [[root_of[v] for v in pl] for pl in placement],
                 )
                 manifest = build_manifest(
@@ -231,15 +235,18 @@ class VolumeBackend:
             if uploader is None:
                 self._check_free(dirname, present)
             self._place(dirname, stages)
-            # Each volume's marker goes right after its manifests: a marker left next to
-            # a manifest is what a crash here leaves, and health removes it.
+            # Published only once every volume holds its manifests (FORMAT.md §17): the
+            # markers stay until then, and the first one deleted publishes the object.
             failed = []
             for i in present:
                 failed += vs.write_manifest(dirname, manifest, only=i)
-                with contextlib.suppress(OSError):
-                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
+                crash_point("volume-commit:manifests")
             if len(failed) == 2 * len(present):
                 raise ArchiveError(f"commit of {src}: no manifest could be written: {failed[0]}")
+            for i in present:
+                with contextlib.suppress(OSError):
+                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
+                crash_point("volume-commit:marker-removed")
             for f in failed:
                 log.warning("%s: %s (health will restore it)", dirname, f)
         return Entry(name, self._path(dirname), manifest, (), vs)
@@ -263,16 +270,19 @@ class VolumeBackend:
                 write_new(stage / COMMITTING, b"")
                 os.rename(stage, local / dirname)
                 fsync_dir(local)
+                crash_point("volume-commit:placed")
 
     def discard(self, entry: Entry) -> None:
-        """Remove an object from every volume: marked first, manifests next (it is then
-        invisible), shards last; an interruption leaves a marked directory for health."""
+        """Remove an object from every volume: marked as a removal first (it is then
+        unpublished), manifests next, shards last; an interruption leaves marked
+        directories that health removes."""
         dirname = entry.dirname
         present = self.volumes.present_volumes()
         for _, vol in present:
             with contextlib.suppress(OSError):
                 if vol.listdir(dirname):
-                    vol.write(f"{dirname}/{COMMITTING}", b"")
+                    vol.write(f"{dirname}/{COMMITTING}", REMOVING)
+            crash_point("volume-discard:marked")
         for _, vol in present:
             for copy in (MANIFEST, REPLICA):
                 with contextlib.suppress(OSError):
