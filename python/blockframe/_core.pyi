@@ -1,6 +1,7 @@
 """Type stubs for the Rust core (``rust/src/lib.rs``)."""
 
 from collections.abc import Callable
+from typing import overload
 
 from typing_extensions import Buffer
 
@@ -72,6 +73,7 @@ class Object:
         """Rebuild a damaged shard: (chunks rebuilt, other shards found bad). In place for a
         local object, through ``store`` for a fetched one (CoreError without a store)."""
 
+@overload
 def commit(
     source: str,
     roots: list[tuple[str, bool]],
@@ -79,7 +81,16 @@ def commit(
     stripes: list[tuple[list[tuple[str, int]], list[str]]],
     progress: Callable[[int], object] | None = None,
     placement: list[list[int]] | None = None,
-) -> tuple[bytes, list[list[bytes]]]:
+) -> tuple[bytes, list[list[bytes]]]: ...
+@overload
+def commit(
+    source: list[tuple[str, int]],
+    roots: list[tuple[str, bool]],
+    chunk_size: int,
+    stripes: list[tuple[list[tuple[str, int]], list[str]]],
+    progress: Callable[[int], object] | None = None,
+    placement: list[list[int]] | None = None,
+) -> tuple[bytes, list[list[bytes]], list[bytes]]:
     """Write the shards of ``source`` under ``roots``, a list of (directory, durable).
 
     ``stripes`` gives, per stripe, its data shards (path, length) in file order and its

@@ -5,6 +5,10 @@ point is reached, counting from 0) in the environment of a command; the command 
 itself with SIGKILL there, exactly as a power cut or the OOM killer would stop it. Without
 the variable every call is a dictionary lookup and nothing else. The points are named
 where they are called; tests/test_crash.py lists the ones it exercises.
+
+``BLOCKFRAME_PAUSE_AT=<point>=<directory>`` pauses instead, for race tests: at that point the
+command creates ``<directory>/reached`` and waits until the test creates
+``<directory>/go``; the test thus runs another command at exactly that moment.
 """
 
 from __future__ import annotations
@@ -18,12 +22,18 @@ __all__ = ["ENV", "crash_in_progress", "crash_point"]
 from collections.abc import Callable
 
 ENV = "BLOCKFRAME_CRASH_AT"
+PAUSE_ENV = "BLOCKFRAME_PAUSE_AT"
+PAUSE_LIMIT = 300.0  # seconds a paused command waits for its test at most
 
 _reached: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    """Die here if the test hook names this point (and this is the chosen passage)."""
+    """Die (or pause) here if the test hook names this point (and this is the chosen
+    passage)."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        _pause(name, pause)
     spec = os.environ.get(ENV)
     if not spec:
         return
@@ -55,3 +65,21 @@ def crash_in_progress(
             progress(done)
 
     return report
+
+
+def _pause(name: str, spec: str) -> None:
+    point, _, directory = spec.partition("=")
+    if point != name:
+        return
+    import time
+    from pathlib import Path
+
+    where = Path(directory)
+    (where / "reached").touch()
+    deadline = time.monotonic() + PAUSE_LIMIT
+    # Polling a file is how the test process and this one meet; the wait's length never
+    # decides an outcome.
+    while not (where / "go").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"test hook: paused at {name} and never released")
+        time.sleep(0.01)
