@@ -168,7 +168,8 @@ class State:
             os.mkdir(self.dir)
         self._check_dir()
         if sys.platform == "win32":
-            yield
+            with self._locked_windows():
+                yield
             return
         import fcntl
 
@@ -191,6 +192,38 @@ class State:
                 os.close(fd)
         finally:
             os.close(dfd)
+
+    @contextlib.contextmanager
+    def _locked_windows(self) -> Iterator[None]:
+        """The lock on Windows: ``msvcrt.locking`` on the first byte of ``lock`` (there is
+        no flock, no O_DIRECTORY and no dir_fd). A link planted at ``lock`` is refused
+        before it is opened, as O_NOFOLLOW refuses it on POSIX."""
+        if sys.platform != "win32":
+            raise AssertionError("msvcrt exists on Windows only")
+        import msvcrt
+
+        lock = self.dir / "lock"
+        if lock.is_symlink():
+            raise OSError(f"{STATE_DIR}/lock is a symbolic link, not followed")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_BINARY, 0o644)
+        try:
+            while True:
+                # LK_LOCK gives up after ten one-second attempts (EDEADLOCK): a long
+                # health run holds the lock for longer, so keep waiting as flock does.
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError as e:
+                    if e.errno != errno.EDEADLOCK:
+                        raise
+            try:
+                self._check_dir()  # the state file is written by path: still a directory
+                yield
+            finally:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        finally:
+            os.close(fd)
 
     def save(self, updates: dict[str, Freshness], present: set[str]) -> None:
         """Merge ``updates`` into the file; entries of object directories that no longer
