@@ -311,7 +311,8 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # A remote archive is repaired by its server (its mount or `health`), not by us.
     view = ArchiveView(source, cache_bytes=budget, repair=not remote)
     if sys.platform == "win32":
-        from blockframe.access.winfsp import mount
+        # winfspy when it imports, else the FUSE adapter on WinFsp's FUSE layer.
+        from blockframe.access.windows import mount
     else:
         from blockframe.access.fuse import mount
     mount(view, mountpoint, allow_other=args.allow_other)
