@@ -70,7 +70,7 @@ def _query(registry: Any, key: str, access: int) -> str | None:
 
 def winfsp_dll(
     registry: Any = None,
-    is_file: Callable[[str], bool] = os.path.isfile,
+    is_file: Callable[[str], bool] | None = None,
     is_64bit: bool = sys.maxsize > 2**32,
 ) -> str:
     """The path of WinFsp's DLL (``<InstallDir>bin\\winfsp-x64.dll``), read from
@@ -90,7 +90,7 @@ def winfsp_dll(
             f"(no {INSTALL_DIR} under HKLM\\{WINFSP_KEY}): {INSTALL_HINT}"
         )
     dll = str(PureWindowsPath(install_dir, "bin", dll_name(is_64bit)))
-    if not is_file(dll):
+    if not (is_file or os.path.isfile)(dll):
         raise UsageError(
             f"WinFsp is installed at {install_dir} but {dll} is missing: {INSTALL_HINT}"
         )
