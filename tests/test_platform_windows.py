@@ -348,7 +348,8 @@ def test_mount_takes_fuse_with_the_dll_found_first(
 ) -> None:
     monkeypatch.setattr(windows, "choose_route", lambda: "fuse")
     monkeypatch.setitem(sys.modules, "winreg", installed())
-    monkeypatch.delenv("FUSE_LIBRARY_PATH", raising=False)
+    monkeypatch.setenv("FUSE_LIBRARY_PATH", "")  # so that undo removes what the route sets
+    monkeypatch.delenv("FUSE_LIBRARY_PATH")
     monkeypatch.setattr(os.path, "isfile", lambda p: p == DLL)
     calls: list[tuple[Any, ...]] = []
     from blockframe.access import fuse
@@ -366,7 +367,8 @@ def test_mount_without_winfsp_is_a_usage_error_and_closes_the_view(
 ) -> None:
     monkeypatch.setattr(windows, "choose_route", lambda: "fuse")
     monkeypatch.setitem(sys.modules, "winreg", FakeWinreg({}))
-    monkeypatch.delenv("FUSE_LIBRARY_PATH", raising=False)
+    monkeypatch.setenv("FUSE_LIBRARY_PATH", "")  # so that undo removes what the route sets
+    monkeypatch.delenv("FUSE_LIBRARY_PATH")
     closed: list[bool] = []
     monkeypatch.setattr(view, "close", lambda: closed.append(True))
     with pytest.raises(UsageError, match="needs WinFsp"):

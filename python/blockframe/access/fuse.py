@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from blockframe.access.view import BLKSIZE, ArchiveView
+from blockframe.access.windows import fuse_mountpoint, use_winfsp_dll
 from blockframe.errors import (
     BlockFrameError,
     IntegrityError,
@@ -42,8 +43,6 @@ from blockframe.errors import (
 # mfusepy loads libfuse when imported and takes libfuse2 if both are present; choose first.
 # On Windows it loads WinFsp's DLL, found here through WinFsp's registry key.
 if sys.platform == "win32":
-    from blockframe.access.windows import fuse_mountpoint, use_winfsp_dll
-
     use_winfsp_dll()
 elif not (
     os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME")
