@@ -26,7 +26,9 @@ from blockframe.access import windows
 from blockframe.access.view import ArchiveView
 from blockframe.archive import Archive
 from blockframe.archive.restore import atomic_output
+from blockframe.archive.restore_tree import restore_tree, subtree
 from blockframe.errors import UsageError
+from blockframe.format.members import Member
 from blockframe.health.state import State
 from blockframe.storage.local import fsync_dir, read_at
 
@@ -132,6 +134,34 @@ def test_directory_restore_on_windows_paths(
     assert cli.main(["restore", "photos", "-a", str(env.archive_dir), "-o", str(out)]) == 0
     assert (out / "a.jpg").read_bytes() == data(5000, seed=1)
     assert (out / "2024" / "b.jpg").read_bytes() == data(70_000, seed=2)
+
+
+def test_directory_restore_without_the_right_to_make_links(
+    env: Env, windows_os: WindowsOS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows refuses os.symlink to users without the privilege (WinError 1314, an
+    OSError): the link is reported, everything else restored."""
+    tree_dir = env.root / "docs"
+    tree_dir.mkdir()
+    (tree_dir / "a.txt").write_bytes(data(3000, seed=4))
+    archive = env.archive
+    archive.commit(tree_dir / "a.txt", "docs/a.txt")
+    index = archive.scan()
+    # A link as a pack records one (FORMAT.md section 18).
+    index.links["docs/latest"] = Member("docs/latest", "symlink", 10**18, target="a.txt")
+
+    why = "A required privilege is not held by the client"
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, why)
+
+    monkeypatch.setattr(os, "symlink", refused)
+    out = env.root / "back"
+    report = restore_tree(index, subtree(index, "docs"), out)
+    assert (out / "a.txt").read_bytes() == data(3000, seed=4)
+    assert not (out / "latest").is_symlink()
+    assert report.failed == [("docs/latest", f"cannot create the link: {why}")]
+    assert (report.files, report.links) == (1, 0)
 
 
 def test_health_state_lock_uses_msvcrt(env: Env, windows_os: WindowsOS) -> None:
