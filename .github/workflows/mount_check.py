@@ -35,6 +35,7 @@ with tempfile.TemporaryDirectory() as tmp:
     assert bytes(raw) == payloads["second.bin"], "data.dat is not the file's bytes"
     raw[1000] ^= 0xFF
     shard.write_bytes(bytes(raw))
+    damaged = shard.stat()
 
     flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
     mount = subprocess.Popen(
@@ -52,10 +53,16 @@ with tempfile.TemporaryDirectory() as tmp:
         assert sorted(os.listdir(top)) == ["first.bin", "second.bin"], os.listdir(top)
         assert first.read_bytes() == payloads["first.bin"], "bytes differ through the mount"
         assert second.read_bytes() == payloads["second.bin"], "damaged shard: bytes differ"
+        # The repair replaces the shard (temporary file, rename). Wait for that with stat
+        # alone: on Windows an open for reading could make the rename fail.
         deadline = time.monotonic() + 30
-        while shard.read_bytes() != payloads["second.bin"]:
+        while (shard.stat().st_mtime_ns, shard.stat().st_ino) == (
+            damaged.st_mtime_ns,
+            damaged.st_ino,
+        ):
             assert time.monotonic() < deadline, "the damaged shard was not repaired on disk"
             time.sleep(0.5)
+        assert shard.read_bytes() == payloads["second.bin"], "the repaired shard is wrong"
         try:
             (top / "new.txt").write_bytes(b"x")
         except OSError:
