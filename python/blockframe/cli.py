@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mt = sub.add_parser("mount", help="mount the archive read-only (foreground, Ctrl+C unmounts)")
     mt.add_argument(
-        "-m", "--mountpoint", metavar="PATH", help="directory (a drive letter on Windows)"
+        "-m",
+        "--mountpoint",
+        metavar="PATH",
+        help="directory (on Windows: a free drive letter such as Z:, or a new directory)",
     )
     source = mt.add_mutually_exclusive_group()
     source.add_argument("-a", "--archive", metavar="DIR")
