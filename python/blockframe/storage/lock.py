@@ -42,17 +42,23 @@ def dir_lock(root: Path, name: str) -> Iterator[None]:
     if sys.platform == "win32":
         import msvcrt
 
+        # No O_NOFOLLOW or dir_fd on Windows: a link planted at the lock is refused before
+        # it is opened.
+        if (directory / name).is_symlink():
+            raise OSError(f"{STATE_DIR}/{name} is a symbolic link, not followed")
         fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_BINARY, 0o644)
         try:
-            # LK_LOCK retries for about 10 seconds, then fails with EDEADLK: wait on.
             while True:
+                # LK_LOCK gives up after ten one-second attempts (EDEADLOCK): a long holder
+                # keeps it longer, so wait on as flock does.
                 try:
                     msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
                     break
                 except OSError as e:
-                    if e.errno != errno.EDEADLK:
+                    if e.errno != errno.EDEADLOCK:
                         raise
             try:
+                check_state_dir(directory)  # files beside it are written by path
                 yield
             finally:
                 os.lseek(fd, 0, os.SEEK_SET)
