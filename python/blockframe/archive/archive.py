@@ -271,29 +271,17 @@ class Archive:
         replace: bool = False,
         progress: Callable[[str, int], Progress | None] | None = None,
     ) -> tuple[list[CommitResult], list[tuple[str, BlockFrameError]]]:
-        """Commit every regular file under ``directory`` as ``<dir>/<relative path>``.
+        """Commit the folder ``directory`` as ``<basename>/<relative path>``, with its
+        files' times and modes, its directories (empty ones too) and its symbolic links
+        (never followed); small files go into packs (see :mod:`.group`).
 
         Returns the results and the per-file failures (other files still go in)."""
+        from blockframe.archive.group import commit_folder
+
         top = Path(directory)
         if not top.is_dir():
             raise SourceError(f"{top}: not a directory")
-        base = top.resolve().name
-        results: list[CommitResult] = []
-        failures: list[tuple[str, BlockFrameError]] = []
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                path = Path(dirpath) / fname
-                rel = path.relative_to(top).as_posix()
-                name = f"{base}/{rel}"
-                try:
-                    if path.is_symlink():
-                        raise SourceError(f"{path}: symbolic link skipped")
-                    cb = progress(name, path.stat().st_size) if progress else None
-                    results.append(self.commit(path, name, replace, cb))
-                except BlockFrameError as e:
-                    failures.append((name, e))
-        return results, failures
+        return commit_folder(self, top, replace, progress)
 
     # -- restore --------------------------------------------------------------------------
 

@@ -16,14 +16,17 @@ __all__ = [
     "commit_errors",
     "core_commit",
     "hash_file",
+    "plan_object",
     "source_path",
+    "with_hashes",
+    "write_shards",
 ]
 
 import contextlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +37,10 @@ from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, SourceError
 from blockframe.format import layout
 from blockframe.format.manifest import MAX_MANIFEST, Manifest, Shard, Stripe, padded_size
-from blockframe.format.members import FILE, Member, mode_bits
+from blockframe.format.members import FILE, PACK, Member, mode_bits
+
+# BLAKE3 of no bytes: the content hash of an empty file, and of an empty pack.
+EMPTY_HASH = bytes.fromhex("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,40 @@ def core_commit(
         content, hashes = _core.commit(str(source), roots, chunk_size, plan, progress, placement)
         return content, hashes, [content]
     return _core.commit(list(source), roots, chunk_size, plan, progress, placement)
+
+
+def plan_object(size: int, storage: StorageConfig) -> tuple[int, list[layout.PlannedStripe]]:
+    """Tier and stripes of a new object; an empty pack (size 0) is tier 0 without stripes
+    (FORMAT.md §18.1)."""
+    return layout.plan(size, storage) if size else (0, [])
+
+
+def with_hashes(meta: ObjectMeta | None, member_hashes: list[bytes]) -> ObjectMeta | None:
+    """``meta`` with the content hash of each file of a pack's table filled in from what the
+    core computed while writing it (in table order; none at all for an empty pack)."""
+    if meta is None or meta.kind != PACK:
+        return meta
+    files = iter(member_hashes)
+    members = tuple(
+        replace(m, content_hash=next(files, EMPTY_HASH).hex()) if m.type == "file" else m
+        for m in meta.members
+    )
+    return replace(meta, members=members)
+
+
+def write_shards(
+    source: Source,
+    size: int,
+    roots: list[tuple[str, bool]],
+    chunk_size: int,
+    stripes: list[layout.PlannedStripe],
+    progress: Progress | None,
+    placement: list[list[int]] | None = None,
+) -> tuple[bytes, list[list[bytes]], list[bytes]]:
+    """:func:`core_commit`, and nothing to write for an empty pack."""
+    if not size:
+        return EMPTY_HASH, [], []
+    return core_commit(source, roots, chunk_size, stripes, progress, placement)
 
 
 @contextlib.contextmanager

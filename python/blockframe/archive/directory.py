@@ -35,8 +35,10 @@ from blockframe.archive.commit import (
     abandoning,
     build_manifest,
     commit_errors,
-    core_commit,
+    plan_object,
     source_path,
+    with_hashes,
+    write_shards,
 )
 from blockframe.archive.entry import (
     Entry,
@@ -48,7 +50,6 @@ from blockframe.archive.entry import (
 )
 from blockframe.config import StorageConfig
 from blockframe.errors import ArchiveError, ConflictError
-from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Loaded, Manifest, load_from
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import atomic_write, fsync_dir, write_new
@@ -241,20 +242,28 @@ class DirectoryBackend:
         """Write the object of ``source`` (a file, or a pack's member files) called
         ``name`` into a fresh staging directory, shards and manifests durable; nothing is
         visible until :meth:`publish`."""
-        tier, stripes = layout.plan(size, storage)
+        tier, stripes = plan_object(size, storage)
         stage = self.root / STAGING / uuid.uuid4().hex
         stage.mkdir()
         staged = Staged(name, [stage])
         with commit_errors(source_path(source)), abandoning(staged, self):
-            content, hashes, staged.member_hashes = core_commit(
+            content, hashes, staged.member_hashes = write_shards(
                 source,
+                size,
                 [(str(stage), True)],
                 storage.chunk_size,
                 stripes,
                 crash_in_progress("commit:writing", progress),
             )
             staged.manifest = build_manifest(
-                name, size, tier, storage, stripes, content, hashes, meta=meta
+                name,
+                size,
+                tier,
+                storage,
+                stripes,
+                content,
+                hashes,
+                meta=with_hashes(meta, staged.member_hashes),
             )
             body = staged.manifest.to_json()
             for copy in (MANIFEST, REPLICA):

@@ -32,9 +32,11 @@ from blockframe.archive.commit import (
     abandoning,
     build_manifest,
     commit_errors,
-    core_commit,
     hash_file,
+    plan_object,
     source_path,
+    with_hashes,
+    write_shards,
 )
 from blockframe.archive.directory import STAGING, Only, discard_dir, list_dir
 from blockframe.archive.entry import Entry, Listing, accept
@@ -191,7 +193,7 @@ class VolumeBackend:
         vs = self.volumes
         present = sorted(vs.present)
         storage = adapted_storage(storage, len(present))
-        tier, stripes = layout.plan(size, storage)
+        tier, stripes = plan_object(size, storage)
         placement = [
             place(si, len(st.data) + len(st.parity), present) for si, st in enumerate(stripes)
         ]
@@ -226,8 +228,9 @@ class VolumeBackend:
                 root_of[i] = len(roots)
                 roots.append((str(stage), local is not None))
             try:
-                content, hashes, staged.member_hashes = core_commit(
+                content, hashes, staged.member_hashes = write_shards(
                     source,
+                    size,
                     roots,
                     storage.chunk_size,
                     stripes,
@@ -237,7 +240,15 @@ class VolumeBackend:
                     [[root_of[v] for v in pl] for pl in placement],
                 )
                 staged.manifest = build_manifest(
-                    name, size, tier, storage, stripes, content, hashes, placement, meta
+                    name,
+                    size,
+                    tier,
+                    storage,
+                    stripes,
+                    content,
+                    hashes,
+                    placement,
+                    with_hashes(meta, staged.member_hashes),
                 )
                 if uploader is not None:
                     if content.hex() != expected:
