@@ -228,10 +228,16 @@ pub fn open_regular(path: &Path) -> io::Result<Option<(File, Metadata)>> {
     use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
     const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
     const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-        .open(path)?;
+        .open(path)
+    {
+        Ok(file) => file,
+        // A directory cannot be opened this way ("Access denied"): not a file either.
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let md = file.metadata()?;
     let plain = md.is_file()
         && !md.file_type().is_symlink()
