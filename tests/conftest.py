@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +144,73 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "zero": lambda p: zero(p, 10, 3000),
     "garbage": garbage,
 }
+
+
+# What the os module of CPython on Windows lacks, of what the package could reach for: a
+# test that runs a Windows code path with these removed fails as Windows would (an
+# AttributeError) if such a call is not behind a platform branch.
+POSIX_ONLY_OS = (
+    "pread",
+    "pwrite",
+    "O_TMPFILE",
+    "O_DIRECTORY",
+    "O_NOFOLLOW",
+    "O_CLOEXEC",
+    "O_NONBLOCK",
+    "O_ACCMODE",
+    "getuid",
+    "getgid",
+    "geteuid",
+    "sync",
+    "major",
+    "minor",
+    "posix_fadvise",
+)
+
+
+class FakeMsvcrt(types.ModuleType):
+    """``msvcrt.locking`` as the C runtime documents ``_locking``: it locks ``nbytes``
+    from the descriptor's current position; LK_LOCK retries ten times, a second apart,
+    then fails with EDEADLOCK; unlocking what is not locked fails with EACCES. Locks are
+    per open file, so two descriptors of one file exclude each other."""
+
+    LK_UNLCK, LK_LOCK, LK_NBLCK, LK_RLCK, LK_NBRLCK = 0, 1, 2, 3, 4
+
+    def __init__(self) -> None:
+        super().__init__("msvcrt")
+        self.held: dict[tuple[int, int, int], int] = {}  # (dev, ino, offset) -> fd
+        self.calls: list[tuple[int, int, int]] = []  # (mode, offset, nbytes)
+        self.busy_attempts = 0  # LK_LOCK calls to fail with EDEADLOCK first
+
+    def locking(self, fd: int, mode: int, nbytes: int) -> None:
+        st = os.fstat(fd)
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        self.calls.append((mode, offset, nbytes))
+        key = (st.st_dev, st.st_ino, offset)
+        if mode == self.LK_UNLCK:
+            if self.held.get(key) != fd:
+                raise OSError(errno.EACCES, "Permission denied")
+            del self.held[key]
+            return
+        if self.busy_attempts > 0 or key in self.held:
+            self.busy_attempts = max(0, self.busy_attempts - 1)
+            raise OSError(errno.EDEADLOCK, "Resource deadlock avoided")
+        self.held[key] = fd
+
+
+@dataclass
+class WindowsOS:
+    msvcrt: FakeMsvcrt
+
+
+@pytest.fixture
+def windows_os(monkeypatch: pytest.MonkeyPatch) -> WindowsOS:
+    """Windows code paths on this machine: ``sys.platform`` is ``win32``, the os module
+    loses what Windows does not have and gains ``O_BINARY``, and ``msvcrt`` is a fake."""
+    monkeypatch.setattr(sys, "platform", "win32")
+    for name in POSIX_ONLY_OS:
+        monkeypatch.delattr(os, name, raising=False)
+    monkeypatch.setattr(os, "O_BINARY", 0, raising=False)
+    fake = FakeMsvcrt()
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    return WindowsOS(fake)

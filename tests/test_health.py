@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -412,7 +413,8 @@ def test_dry_run_changes_nothing(env: Env) -> None:
     code, doc = health(env, "--dry-run")
     assert code == 1 and doc["status"] == "damaged"
     assert everything() == before
-    assert not (env.archive_dir / ".blockframe").exists()
+    # No state file either (commits made .blockframe for their lock, nothing else).
+    assert sorted(os.listdir(env.archive_dir / ".blockframe")) == ["commit.lock"]
     by_name = objects(doc)
     assert by_name["t1"]["shards"][0]["repairable"] and not by_name["t1"]["shards"][0]["repaired"]
     assert by_name["t1"]["margin"] == M - 1
@@ -611,7 +613,7 @@ def test_objects_left_damaged_are_always_rechecked(env: Env) -> None:
 
 def test_unusable_state_file_is_replaced(env: Env) -> None:
     commit_tiers(env)
-    (env.archive_dir / ".blockframe").mkdir()
+    (env.archive_dir / ".blockframe").mkdir(exist_ok=True)
     (env.archive_dir / ".blockframe/state.json").write_text("{not json")
     code, doc = health(env, "--older-than", "7d")
     assert code == 0 and doc["totals"]["scrubbed"] == 3
@@ -629,6 +631,7 @@ def test_planted_symlinks_never_take_health_outside_the_archive(env: Env, plante
     outside.mkdir()
     (outside / "state.json").write_bytes(b"someone else's file")
     state_dir = env.archive_dir / ".blockframe"
+    shutil.rmtree(state_dir)  # the commits' lock
     if planted == ".blockframe":
         state_dir.symlink_to(outside, target_is_directory=True)
     else:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from blockframe.access.http import openapi
+from blockframe.archive.entry import created_ns
 from blockframe.format import manifest
 
 from conftest import CONFIG_TOML, SMALL, Env, data, snapshot
@@ -151,6 +152,10 @@ def test_listing(served: Server) -> None:
             "id": m.id,
             "content_hash": m.content_hash,
             "created": m.created,
+            # Committed as single files before manifests recorded metadata: the mtime is
+            # the commit time and the mode the default.
+            "mtime_ns": created_ns(m.created),
+            "mode": 0o644,
             "scrub": None,  # never scrubbed by `blockframe health`
         }
 

@@ -5,8 +5,11 @@ Windows), and that importing the adapter never imports winfspy."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,7 +31,7 @@ from blockframe.errors import (
     UsageError,
 )
 
-from conftest import SMALL, Env, data
+from conftest import SMALL, Env, WindowsOS, data
 
 # The NTSTATUS values of winfspy 0.8.4's winfspy/plumbing/status.py for every name the
 # adapter answers with; a misspelt name would be an AttributeError only on Windows.
@@ -513,6 +516,28 @@ def test_mount_serves_until_ctrl_c(
     assert fs.params["read_only_volume"] == 1
     assert closed == [True]
     assert "mounted" in capsys.readouterr().err
+
+
+def test_ctrl_break_stops_the_mount_like_ctrl_c(
+    view: ArchiveView,
+    winfspy_stub: types.ModuleType,
+    windows_os: WindowsOS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SIGBREAK exists on Windows only: SIGUSR1 stands in for it.
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def break_pressed() -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(5)  # interrupted by the handler, as Python delivers it in a sleep
+        raise AssertionError("Ctrl+Break did not interrupt the mount")
+
+    monkeypatch.setattr(winfsp, "_serve_forever", break_pressed)
+    winfsp.mount(view, Path("z:"))
+    (fs,) = winfspy_stub.FileSystem.instances
+    assert fs.events == ["start", "stop"]
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back
 
 
 def test_mount_failure_is_a_usage_error(

@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mt = sub.add_parser("mount", help="mount the archive read-only (foreground, Ctrl+C unmounts)")
     mt.add_argument(
-        "-m", "--mountpoint", metavar="PATH", help="directory (a drive letter on Windows)"
+        "-m",
+        "--mountpoint",
+        metavar="PATH",
+        help="directory (on Windows: a free drive letter such as Z:, or a new directory)",
     )
     source = mt.add_mutually_exclusive_group()
     source.add_argument("-a", "--archive", metavar="DIR")
@@ -258,13 +261,13 @@ def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
     """``restore DIR``: a directory of the name tree, restored like ``cp -r``."""
     from blockframe.archive.restore_tree import destination, restore_tree, subtree
 
-    if args.output == "-":
-        raise UsageError(f"{args.name!r} is a directory: it cannot go to stdout")
     index = archive.scan()
     try:
         tree = subtree(index, args.name)
     except NotFoundError:
         raise NotFoundError(f"no object named {args.name!r} in {archive.location}") from None
+    if args.output == "-":
+        raise UsageError(f"{args.name!r} is a directory: it cannot go to stdout")
     final = destination(tree, Path(args.output) if args.output else None)
     total = sum(e.size for e in tree.files.values())
     with progress_bar(f"restore {tree.name}/", total) as cb:
@@ -311,7 +314,8 @@ def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:
     # A remote archive is repaired by its server (its mount or `health`), not by us.
     view = ArchiveView(source, cache_bytes=budget, repair=not remote)
     if sys.platform == "win32":
-        from blockframe.access.winfsp import mount
+        # winfspy when it imports, else the FUSE adapter on WinFsp's FUSE layer.
+        from blockframe.access.windows import mount
     else:
         from blockframe.access.fuse import mount
     mount(view, mountpoint, allow_other=args.allow_other)

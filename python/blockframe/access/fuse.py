@@ -1,5 +1,12 @@
-"""The FUSE adapter (Linux, macOS): translates :class:`ArchiveView` to mfusepy, preferring
-libfuse3 (it sends larger read requests than libfuse2).
+"""The FUSE adapter (Linux, macOS, and Windows through WinFsp's FUSE layer): translates
+:class:`ArchiveView` to mfusepy, preferring libfuse3 on Linux (it sends larger read requests
+than libfuse2).
+
+On Windows mfusepy loads WinFsp's ``winfsp-x64.dll``, found by
+:mod:`blockframe.access.windows`; the mount point is a free drive letter (``Z:``) or a
+directory that does not exist yet, owners come from WinFsp's ``uid=-1,gid=-1`` (the
+mounting user) and there is no readahead to tune. :func:`mount_options` and
+:func:`check_mountpoint` hold what differs, as plain functions tested on Linux.
 
 Reads go straight into libfuse's request buffer: the Rust core fills it with verified bytes
 while the GIL is released, so FUSE worker threads hash in parallel and no Python bytes
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from blockframe.access.view import BLKSIZE, ArchiveView
+from blockframe.access.windows import fuse_mountpoint, use_winfsp_dll
 from blockframe.errors import (
     BlockFrameError,
     IntegrityError,
@@ -33,7 +41,10 @@ from blockframe.errors import (
 )
 
 # mfusepy loads libfuse when imported and takes libfuse2 if both are present; choose first.
-if not (
+# On Windows it loads WinFsp's DLL, found here through WinFsp's registry key.
+if sys.platform == "win32":
+    use_winfsp_dll()
+elif not (
     os.environ.get("FUSE_LIBRARY_PATH") or os.environ.get("FUSE_LIBRARY_NAME")
 ) and find_library("fuse3"):
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
@@ -45,6 +56,9 @@ log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
 MAX_THREADS = 16
 UNMOUNT_TIMEOUT = 10  # seconds for one attempt at clearing a stale mount
+# Windows has no O_ACCMODE; the access mode is the same two low bits everywhere.
+_ACCMODE = getattr(os, "O_ACCMODE", os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
+VOLUME_LABEL = "BlockFrame"
 _ERRNO: list[tuple[type[BlockFrameError], int]] = [
     (NotFoundError, errno.ENOENT),
     (IsDirectoryError, errno.EISDIR),
@@ -98,8 +112,12 @@ class BlockFrameFS(mfusepy.Operations):
     def __init__(self, view: ArchiveView, mountpoint: Path) -> None:
         self.view = view
         self.mountpoint = mountpoint
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        if sys.platform == "win32":
+            # Owners are set by WinFsp from the uid=-1,gid=-1 options (mount_options).
+            self.uid = self.gid = 0
+        else:
+            self.uid = os.getuid()
+            self.gid = os.getgid()
         self.mounted = False
 
     def init(self, path: str) -> None:
@@ -110,12 +128,13 @@ class BlockFrameFS(mfusepy.Operations):
         threading.Thread(target=self._tune, name="tune", daemon=True).start()
 
     def _tune(self) -> None:
-        try:
-            dev = os.stat(self.mountpoint).st_dev
-            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-            bdi.write_text(str(READ_AHEAD_KB))
-        except OSError as e:
-            log.debug("readahead not raised: %s", e)
+        if sys.platform == "linux":
+            try:
+                dev = os.stat(self.mountpoint).st_dev
+                bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+                bdi.write_text(str(READ_AHEAD_KB))
+            except OSError as e:
+                log.debug("readahead not raised: %s", e)
         files, _ = self.view.totals()
         where = getattr(self.view.archive, "location", self.view.archive.root)
         print(
@@ -146,7 +165,7 @@ class BlockFrameFS(mfusepy.Operations):
 
     @_translated
     def open(self, path: str, flags: int) -> int:
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
+        if flags & _ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             raise ReadOnlyError(f"{path}: read-only file system")
         return self.view.open(path)
 
@@ -225,20 +244,26 @@ def _clear_stale(mountpoint: Path) -> None:
             return
 
 
-def mount(view: ArchiveView, mountpoint: Path, allow_other: bool = False) -> None:
-    """Mount ``view`` read-only at ``mountpoint`` and serve until SIGINT/SIGTERM/SIGHUP
-    (libfuse's handlers) or ``fusermount3 -u``; then unmount and finish queued repairs."""
-    _clear_stale(mountpoint)
-    try:
-        mountpoint.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{mountpoint}: cannot create mount point: {e.strerror}") from None
-    if not mountpoint.is_dir():
-        raise UsageError(f"{mountpoint}: mount point is not a directory")
-    if os.path.ismount(mountpoint):
-        raise UsageError(f"{mountpoint}: something is already mounted there")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise UsageError("/dev/fuse is not available (is the fuse module loaded?)")
+def mount_options(
+    platform: str = sys.platform, allow_other: bool = False, fuse_major: int = 2
+) -> dict[str, Any]:
+    """The options mfusepy passes to libfuse (or WinFsp's FUSE layer) for a read-only
+    mount in the foreground. Every write is refused by the operations themselves (EROFS,
+    which WinFsp answers as STATUS_MEDIA_WRITE_PROTECTED)."""
+    if platform == "win32":
+        # WinFsp ignores ro, fsname and default_permissions; it takes the owner from
+        # uid/gid (-1: the user who mounts), and umask=0222 shows every file and
+        # directory read-only (mode 0555), so Explorer offers no write.
+        if allow_other:
+            log.warning("--allow-other is ignored on Windows")
+        return {
+            "foreground": True,
+            "uid": -1,
+            "gid": -1,
+            "umask": "0222",
+            "volname": VOLUME_LABEL,
+            "FileSystemName": "BlockFrame",
+        }
     options: dict[str, Any] = {
         "foreground": True,
         "ro": True,
@@ -248,17 +273,51 @@ def mount(view: ArchiveView, mountpoint: Path, allow_other: bool = False) -> Non
     }
     if allow_other:
         options["allow_other"] = True
-    if mfusepy.fuse_version_major == 3:
+    if fuse_major == 3:
         # Without both, libfuse 3.14 warns about an unset idle-thread limit at every mount.
         options["max_threads"] = MAX_THREADS
         options["max_idle_threads"] = MAX_THREADS
-    ops = BlockFrameFS(view, mountpoint)
+    return options
+
+
+def _prepare_posix(mountpoint: Path) -> str:
+    _clear_stale(mountpoint)
     try:
-        _FUSE(ops, str(mountpoint), **options)
-    except RuntimeError as e:
-        # libfuse's main returns non-zero when its loop ended on a signal, too; that is
-        # the normal way to stop a mount that was up.
-        if not ops.mounted:
-            raise UsageError(f"{mountpoint}: mount failed (libfuse returned {e})") from None
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{mountpoint}: cannot create mount point: {e.strerror}") from None
+    if not mountpoint.is_dir():
+        raise UsageError(f"{mountpoint}: mount point is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint}: something is already mounted there")
+    if sys.platform == "linux" and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise UsageError("/dev/fuse is not available (is the fuse module loaded?)")
+    return str(mountpoint)
+
+
+def check_mountpoint(mountpoint: Path) -> str:
+    """The mount point to hand libfuse, made ready: on Windows a free drive letter or a
+    directory path that does not exist yet (WinFsp creates it); elsewhere a directory,
+    created if need be, with no mount on it (a stale one is cleared)."""
+    if sys.platform == "win32":
+        return fuse_mountpoint(mountpoint, os.path.exists)
+    return _prepare_posix(mountpoint)
+
+
+def mount(view: ArchiveView, mountpoint: Path, allow_other: bool = False) -> None:
+    """Mount ``view`` read-only at ``mountpoint`` and serve until SIGINT/SIGTERM/SIGHUP
+    (libfuse's handlers), ``fusermount3 -u`` or Ctrl+C on Windows; then unmount and finish
+    queued repairs."""
+    try:
+        target = check_mountpoint(mountpoint)
+        options = mount_options(sys.platform, allow_other, mfusepy.fuse_version_major)
+        ops = BlockFrameFS(view, Path(target))
+        try:
+            _FUSE(ops, target, **options)
+        except RuntimeError as e:
+            # libfuse's main returns non-zero when its loop ended on a signal, too; that is
+            # the normal way to stop a mount that was up.
+            if not ops.mounted:
+                raise UsageError(f"{target}: mount failed (libfuse returned {e})") from None
     finally:
         view.close()

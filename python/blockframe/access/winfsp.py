@@ -20,6 +20,7 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import sys
 import time
 import zlib
@@ -411,6 +412,20 @@ def _serve_forever() -> None:
         time.sleep(1)
 
 
+def _ctrl_break_interrupts() -> Callable[[], None]:
+    """Make Ctrl+Break (SIGBREAK: how a console or CI stops a process group) stop the mount
+    as Ctrl+C does; Python leaves it at the default, which ends the process without
+    stopping WinFsp's dispatcher or finishing queued repairs. Returns the undo."""
+    if sys.platform != "win32":
+        return lambda: None
+    previous = signal.signal(signal.SIGBREAK, signal.default_int_handler)
+
+    def undo() -> None:
+        signal.signal(signal.SIGBREAK, previous)
+
+    return undo
+
+
 def mount(view: ArchiveView, mountpoint: str | os.PathLike[str], allow_other: bool = False) -> None:
     """Mount ``view`` read-only on a drive letter (``Z:``) and serve until Ctrl+C; then
     stop the file system and finish queued repairs."""
@@ -431,6 +446,7 @@ def mount(view: ArchiveView, mountpoint: str | os.PathLike[str], allow_other: bo
         except (winfspy.WinFSPyError, OSError) as e:
             # OSError: winfspy's start() stats the new drive to wait until it answers.
             raise UsageError(f"cannot mount on {drive} ({e})") from None
+        restore_ctrl_break = _ctrl_break_interrupts()
         try:
             files, _ = view.totals()
             print(
@@ -444,5 +460,6 @@ def mount(view: ArchiveView, mountpoint: str | os.PathLike[str], allow_other: bo
             pass
         finally:
             fs.stop()
+            restore_ctrl_break()
     finally:
         view.close()

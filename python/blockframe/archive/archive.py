@@ -11,11 +11,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from blockframe import _core
-from blockframe.archive.commit import check_manifest_fits, check_source, hash_file
+from blockframe.archive.commit import (
+    ObjectMeta,
+    Source,
+    Staged,
+    check_manifest_fits,
+    check_source,
+    hash_file,
+)
 from blockframe.archive.directory import DirectoryBackend
 from blockframe.archive.entry import (
     CommitResult,
@@ -39,6 +47,7 @@ from blockframe.format.manifest import Manifest
 from blockframe.format.members import PACK_PREFIX
 from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_name
 from blockframe.storage.volumes import VolumeSet
+from blockframe.testhook import crash_point
 
 # What the directory of every pack starts with (FORMAT.md §18).
 PACKS = encode(PACK_PREFIX)
@@ -81,9 +90,25 @@ class Backend(Protocol):
 
     def prepare(self) -> None: ...
 
-    def write_object(
-        self, src: Path, size: int, name: str, storage: StorageConfig, progress: Progress | None
-    ) -> Entry: ...
+    # Write an object (shards and manifests, durable) where nothing sees it yet.
+    def stage(
+        self,
+        source: Source,
+        size: int,
+        name: str,
+        storage: StorageConfig,
+        progress: Progress | None,
+        meta: ObjectMeta | None = None,
+    ) -> Staged: ...
+
+    # Make a staged object visible (under the commit lock, its name checked).
+    def publish(self, staged: Staged) -> Entry: ...
+
+    # Remove what stage wrote, unless it was published.
+    def abandon(self, staged: Staged) -> None: ...
+
+    # The archive's commit lock.
+    def locked(self) -> AbstractContextManager[None]: ...
 
     def discard(self, entry: Entry) -> None: ...
 
@@ -185,12 +210,16 @@ class Archive:
         name: str | None = None,
         replace: bool = False,
         progress: Progress | None = None,
+        meta: ObjectMeta | None = None,
     ) -> CommitResult:
-        """Archive one regular file under ``name`` (default: its base name).
+        """Archive one regular file under ``name`` (default: its base name); ``meta``
+        records what it is beyond its bytes (its mtime and mode).
 
         Identical content under an existing name is a no-op ("unchanged"); different
         content is refused unless ``replace``, in which case the new object is sealed
-        first and the old one removed after.
+        first and the old one removed after. The name is checked again under the
+        archive's commit lock before the new object is published, so concurrent commits
+        of one name end as one committed and the others unchanged or refused.
         """
         src = Path(source)
         size = check_source(src)
@@ -207,7 +236,29 @@ class Archive:
                     "(use --replace to replace it)"
                 )
         self.backend.prepare()
-        entry = self.backend.write_object(src, size, name, self.storage, progress)
+        staged = self.backend.stage(src, size, name, self.storage, progress, meta)
+        try:
+            crash_point("commit:locking")
+            with self.backend.locked():
+                crash_point("commit:locked")
+                return self._publish(staged, replace)
+        finally:
+            self.backend.abandon(staged)
+
+    def _publish(self, staged: Staged, replace: bool) -> CommitResult:
+        """Publish ``staged`` under the commit lock, its name checked again: a commit of
+        the same name that finished meanwhile makes this one unchanged or a conflict."""
+        name, m = staged.name, staged.manifest
+        existing = self.find(name)
+        if existing is not None:
+            if existing.size == m.size and existing.content_hash == m.content_hash:
+                return CommitResult(name, "unchanged", existing)
+            if not replace:
+                raise ConflictError(
+                    f"{name!r} is already archived with different content "
+                    "(use --replace to replace it)"
+                )
+        entry = self.backend.publish(staged)
         if existing is None:
             return CommitResult(name, "committed", entry)
         if existing.member is None and existing.dirname != entry.dirname:
@@ -256,6 +307,7 @@ class Archive:
         report = RestoreReport(obj.entry.name, obj.size)
         for piece in obj.chunks(progress):
             out.write(piece)
+            crash_point("restore:writing")
         obj.verify_parity()
         report.damaged = sorted(
             f"{obj.shard(st, sh).path} ({d})" for (st, sh), d in obj.damaged.items()

@@ -7,22 +7,26 @@ from __future__ import annotations
 __all__ = [
     "ObjectMeta",
     "Progress",
+    "Source",
+    "Staged",
+    "abandoning",
     "build_manifest",
     "check_manifest_fits",
     "check_source",
     "commit_errors",
+    "core_commit",
     "hash_file",
-    "removing",
+    "source_path",
 ]
 
 import contextlib
 import os
-import shutil
 import stat
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from blockframe import _core
 from blockframe.archive.entry import Progress
@@ -50,6 +54,66 @@ class ObjectMeta:
         return ObjectMeta(FILE, st.st_mtime_ns, mode_bits(st.st_mode))
 
 
+# What an object is written from: one file, or the member files of a pack (path, length),
+# whose concatenation is the object's bytes.
+Source = Path | Sequence[tuple[str, int]]
+
+
+def source_path(source: Source) -> Path:
+    """The file named in messages about ``source`` (a pack: its first member)."""
+    if isinstance(source, Path):
+        return source
+    return Path(source[0][0]) if source else Path("(empty pack)")
+
+
+@dataclass
+class Staged:
+    """An object written but not yet visible: what a backend's ``stage`` made and its
+    ``publish`` makes visible (or its ``abandon`` removes)."""
+
+    name: str
+    # What abandoning removes: staging directories not yet renamed into place.
+    paths: list[Path]
+    manifest: Manifest = field(init=False)
+    member_hashes: list[bytes] = field(default_factory=list)
+    # Volume archives: the staging directory of each volume, the volumes present.
+    stages: dict[int, Path] = field(default_factory=dict)
+    present: list[int] = field(default_factory=list)
+    # Set once a bucket holds part of the object (its directory then names it).
+    dirname: str | None = None
+
+
+class _Abandons(Protocol):
+    def abandon(self, staged: Staged) -> None: ...
+
+
+@contextlib.contextmanager
+def abandoning(staged: Staged, backend: _Abandons) -> Iterator[None]:
+    """Abandon ``staged`` if the block fails."""
+    try:
+        yield
+    except BaseException:
+        backend.abandon(staged)
+        raise
+
+
+def core_commit(
+    source: Source,
+    roots: list[tuple[str, bool]],
+    chunk_size: int,
+    stripes: list[layout.PlannedStripe],
+    progress: Progress | None,
+    placement: list[list[int]] | None = None,
+) -> tuple[bytes, list[list[bytes]], list[bytes]]:
+    """Have the core write the shards of ``source``: its content hash, the chunk hashes
+    of every shard, and (for a pack) the content hash of each member."""
+    plan = [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes]
+    if isinstance(source, Path):
+        content, hashes = _core.commit(str(source), roots, chunk_size, plan, progress, placement)
+        return content, hashes, [content]
+    return _core.commit(list(source), roots, chunk_size, plan, progress, placement)
+
+
 @contextlib.contextmanager
 def commit_errors(src: Path) -> Iterator[None]:
     """Turn what a commit of ``src`` can raise into errors with meaning for the user."""
@@ -61,18 +125,6 @@ def commit_errors(src: Path) -> Iterator[None]:
         raise ArchiveError(f"commit of {src} failed: {e}") from None
     except OSError as e:
         raise ArchiveError(f"commit of {src} failed: {e}") from None
-
-
-@contextlib.contextmanager
-def removing(paths: Iterable[Path]) -> Iterator[None]:
-    """Remove ``paths`` (staging directories) when the block ends, however it ends; read
-    at the end, so a live view (``dict.values()``) covers what the block added."""
-    try:
-        yield
-    finally:
-        for path in paths:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def check_source(src: Path) -> int:

@@ -17,6 +17,7 @@ the archive directory fsynced. A crash leaves either nothing visible or a comple
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,8 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from blockframe import _core
-from blockframe.archive.commit import Progress, build_manifest, commit_errors, removing
+from blockframe.archive.commit import (
+    ObjectMeta,
+    Progress,
+    Source,
+    Staged,
+    abandoning,
+    build_manifest,
+    commit_errors,
+    core_commit,
+    source_path,
+)
 from blockframe.archive.entry import (
     Entry,
     FileKind,
@@ -42,6 +52,8 @@ from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Loaded, Manifest, load_from
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import atomic_write, fsync_dir, write_new
+from blockframe.storage.lock import commit_lock
+from blockframe.testhook import crash_in_progress, crash_point
 
 STAGING = ".staging"
 TRASH = ".trash"
@@ -217,35 +229,64 @@ class DirectoryBackend:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ArchiveError(f"{self.root}: archive directory is not writable")
 
-    def write_object(
-        self, src: Path, size: int, name: str, storage: StorageConfig, progress: Progress | None
-    ) -> Entry:
-        """Commit ``src`` as a new object called ``name`` (see the module's commit order)."""
+    def stage(
+        self,
+        source: Source,
+        size: int,
+        name: str,
+        storage: StorageConfig,
+        progress: Progress | None,
+        meta: ObjectMeta | None = None,
+    ) -> Staged:
+        """Write the object of ``source`` (a file, or a pack's member files) called
+        ``name`` into a fresh staging directory, shards and manifests durable; nothing is
+        visible until :meth:`publish`."""
         tier, stripes = layout.plan(size, storage)
         stage = self.root / STAGING / uuid.uuid4().hex
         stage.mkdir()
-        with commit_errors(src), removing([stage]):
-            content, hashes = _core.commit(
-                str(src),
+        staged = Staged(name, [stage])
+        with commit_errors(source_path(source)), abandoning(staged, self):
+            content, hashes, staged.member_hashes = core_commit(
+                source,
                 [(str(stage), True)],
                 storage.chunk_size,
-                [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
-                progress,
+                stripes,
+                crash_in_progress("commit:writing", progress),
             )
-            manifest = build_manifest(name, size, tier, storage, stripes, content, hashes)
-            body = manifest.to_json()
+            staged.manifest = build_manifest(
+                name, size, tier, storage, stripes, content, hashes, meta=meta
+            )
+            body = staged.manifest.to_json()
             for copy in (MANIFEST, REPLICA):
                 write_new(stage / copy, body)
             fsync_dir(stage)
-            final = self.root / dirname_for(name, manifest.id)
-            if final.exists():
-                raise ConflictError(
-                    f"{final.name} already exists but is not a usable object "
-                    "(run `blockframe health`)"
-                )
-            os.rename(stage, final)
-            fsync_dir(self.root)
-        return Entry(name, final, manifest)
+            crash_point("commit:staged")
+        return staged
+
+    def publish(self, staged: Staged) -> Entry:
+        """Make a staged object visible: one rename into place (the caller holds the commit
+        lock and has checked the name)."""
+        manifest = staged.manifest
+        final = self.root / dirname_for(staged.name, manifest.id)
+        if final.exists():
+            raise ConflictError(
+                f"{final.name} already exists but is not a usable object (run `blockframe health`)"
+            )
+        os.rename(staged.paths[0], final)
+        staged.paths.clear()
+        fsync_dir(self.root)
+        crash_point("commit:published")
+        return Entry(staged.name, final, manifest)
+
+    def abandon(self, staged: Staged) -> None:
+        """Remove what :meth:`stage` wrote if it was not published."""
+        for path in staged.paths:
+            shutil.rmtree(path, ignore_errors=True)
+        staged.paths.clear()
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The archive's commit lock: names are checked and objects published under it."""
+        return commit_lock(self.root)
 
     def discard(self, entry: Entry) -> None:
         """Remove a replaced object."""

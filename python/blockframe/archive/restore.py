@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from blockframe.errors import OutputError
 from blockframe.storage.local import fsync_dir
+from blockframe.testhook import crash_point
 
 
 @contextlib.contextmanager
@@ -39,9 +40,17 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            crash_point("restore:synced")
             if anonymous:
-                _link_anonymous(f.fileno(), directory, tmp.name)
-        os.replace(tmp, path)
+                try:
+                    # Straight to its name when that is free: no moment with a temporary
+                    # name a kill could leave behind.
+                    _link_anonymous(f.fileno(), directory, path.name)
+                except FileExistsError:
+                    _link_anonymous(f.fileno(), directory, tmp.name)
+                    os.replace(tmp, path)
+            else:
+                os.replace(tmp, path)
         fsync_dir(directory)
     finally:
         tmp.unlink(missing_ok=True)

@@ -181,7 +181,14 @@ def _write(
         report.files += 1
         report.bytes += entry.size
     for rel, link in tree.links.items():
-        os.symlink(link.target, stage / rel)
+        try:
+            os.symlink(link.target, stage / rel)
+        except OSError as e:
+            # Windows lets only administrators and Developer Mode create symbolic links:
+            # the link is named in the report and the rest of the tree is still restored.
+            why = e.strerror or str(e)
+            report.failed.append((f"{tree.name}/{rel}", f"cannot create the link: {why}"))
+            continue
         with contextlib.suppress(NotImplementedError, OSError):
             os.utime(stage / rel, ns=(link.mtime_ns, link.mtime_ns), follow_symlinks=False)
         report.links += 1

@@ -4,9 +4,10 @@ Commit order (FORMAT.md, "Volume archives"): the core writes the shards into a s
 directory on each local volume (and into a local temporary directory for each S3 volume);
 each object directory first gets a ``.committing`` marker, then its shards (local: the
 staging directory is renamed into place; S3: uploaded); only when every shard of every
-volume is in place are the manifests written, on every volume, and the markers removed. An
-object is visible once a manifest exists, so a crash leaves either nothing visible (a
-marked directory that ``health`` removes) or a complete object.
+volume is in place are the manifests written, on every volume, and then the markers
+removed. An object is published once a volume holds a manifest and no marker, so a crash
+leaves either nothing visible (marked directories that ``health`` removes, or finishes
+when every volume already holds the manifests) or a complete object.
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from blockframe import _core
 from blockframe.archive.commit import (
+    ObjectMeta,
     Progress,
+    Source,
+    Staged,
+    abandoning,
     build_manifest,
     commit_errors,
+    core_commit,
     hash_file,
-    removing,
+    source_path,
 )
 from blockframe.archive.directory import STAGING, Only, discard_dir, list_dir
 from blockframe.archive.entry import Entry, Listing, accept
@@ -36,8 +43,10 @@ from blockframe.errors import ArchiveError, ConflictError, SourceError
 from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.format.names import dirname_for
-from blockframe.storage.local import fsync_dir, write_new
-from blockframe.storage.volumes import VolumeSet, adapted_storage, place
+from blockframe.storage.local import fsync_dir, read_regular, write_new
+from blockframe.storage.lock import commit_lock
+from blockframe.storage.volumes import REMOVING, VolumeSet, adapted_storage, place
+from blockframe.testhook import crash_in_progress, crash_point
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +177,17 @@ class VolumeBackend:
             )
         vs.label_all()
 
-    def write_object(
-        self, src: Path, size: int, name: str, storage: StorageConfig, progress: Progress | None
-    ) -> Entry:
-        """Commit ``src`` as a new object called ``name`` (see the module's commit order)."""
+    def stage(
+        self,
+        source: Source,
+        size: int,
+        name: str,
+        storage: StorageConfig,
+        progress: Progress | None,
+        meta: ObjectMeta | None = None,
+    ) -> Staged:
+        """Write the shards of ``source`` as an object called ``name`` (see the module's
+        commit order): into staging on local volumes; into buckets, under their markers."""
         vs = self.volumes
         present = sorted(vs.present)
         storage = adapted_storage(storage, len(present))
@@ -182,19 +198,20 @@ class VolumeBackend:
         stage_id = uuid.uuid4().hex
         roots: list[tuple[str, bool]] = []
         root_of: dict[int, int] = {}
-        stages: dict[int, Path] = {}
+        staged = Staged(name, [], present=present)
         buckets = [i for i in present if not vs.slots[i].is_local]
         uploader: _Uploader | None = None
-        with commit_errors(src), removing(stages.values()):
+        src = source_path(source)
+        with commit_errors(src), abandoning(staged, self):
             if buckets:
                 # Shards go up while later stripes are still being encoded, so their key
                 # (the object id, from the content hash) is needed before the commit.
-                expected = hash_file(src)
-                dirname = dirname_for(name, expected[:16])
-                self._check_free(dirname, present)
+                expected = hash_file(src) if isinstance(source, Path) else _hash_members(source)
+                staged.dirname = dirname_for(name, expected[:16])
+                self._check_free(staged.dirname, present)
                 for i in buckets:
-                    vs.slots[i].write(f"{dirname}/{COMMITTING}", b"")
-                uploader = _Uploader(vs, dirname, stripes, placement, stages)
+                    vs.slots[i].write(f"{staged.dirname}/{COMMITTING}", b"")
+                uploader = _Uploader(vs, staged.dirname, stripes, placement, staged.stages)
             for i in present:
                 local = vs.slots[i].local_path()
                 if local is not None:
@@ -204,20 +221,23 @@ class VolumeBackend:
                     # Shards bound for a bucket are staged in local temporary space (not
                     # synced: the bucket makes them durable).
                     stage = Path(tempfile.mkdtemp(prefix="blockframe-s3-"))
-                stages[i] = stage
+                staged.stages[i] = stage
+                staged.paths.append(stage)
                 root_of[i] = len(roots)
                 roots.append((str(stage), local is not None))
             try:
-                content, hashes = _core.commit(
-                    str(src),
+                content, hashes, staged.member_hashes = core_commit(
+                    source,
                     roots,
                     storage.chunk_size,
-                    [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes],
-                    _both(progress, uploader.progress if uploader else None),
+                    stripes,
+                    crash_in_progress(
+                        "commit:writing", _both(progress, uploader.progress if uploader else None)
+                    ),
                     [[root_of[v] for v in pl] for pl in placement],
                 )
-                manifest = build_manifest(
-                    name, size, tier, storage, stripes, content, hashes, placement
+                staged.manifest = build_manifest(
+                    name, size, tier, storage, stripes, content, hashes, placement, meta
                 )
                 if uploader is not None:
                     if content.hex() != expected:
@@ -227,22 +247,53 @@ class VolumeBackend:
                 if uploader is not None:
                     uploader.abandon()
                 raise
-            dirname = dirname_for(name, manifest.id)
-            if uploader is None:
-                self._check_free(dirname, present)
-            self._place(dirname, stages)
-            # Each volume's marker goes right after its manifests: a marker left next to
-            # a manifest is what a crash here leaves, and health removes it.
-            failed = []
-            for i in present:
-                failed += vs.write_manifest(dirname, manifest, only=i)
-                with contextlib.suppress(OSError):
-                    vs.slots[i].remove(f"{dirname}/{COMMITTING}")
-            if len(failed) == 2 * len(present):
-                raise ArchiveError(f"commit of {src}: no manifest could be written: {failed[0]}")
-            for f in failed:
-                log.warning("%s: %s (health will restore it)", dirname, f)
-        return Entry(name, self._path(dirname), manifest, (), vs)
+            # Bucket shards are in place now; their local copies are not needed.
+            for i in buckets:
+                shutil.rmtree(staged.stages.pop(i), ignore_errors=True)
+        return staged
+
+    def publish(self, staged: Staged) -> Entry:
+        """Place the staged shards under their markers, write the manifests on every volume,
+        then delete the markers: the first deletion publishes the object (FORMAT.md §17)."""
+        vs, manifest, present = self.volumes, staged.manifest, staged.present
+        dirname = dirname_for(staged.name, manifest.id)
+        if staged.dirname is None:
+            self._check_free(dirname, present)
+        self._place(dirname, staged.stages)
+        staged.paths.clear()
+        failed = []
+        for i in present:
+            failed += vs.write_manifest(dirname, manifest, only=i)
+            crash_point("volume-commit:manifests")
+        if len(failed) == 2 * len(present):
+            raise ArchiveError(
+                f"commit of {staged.name}: no manifest could be written: {failed[0]}"
+            )
+        for i in present:
+            with contextlib.suppress(OSError):
+                vs.slots[i].remove(f"{dirname}/{COMMITTING}")
+            crash_point("volume-commit:marker-removed")
+        for f in failed:
+            log.warning("%s: %s (health will restore it)", dirname, f)
+        return Entry(staged.name, self._path(dirname), manifest, (), vs)
+
+    def abandon(self, staged: Staged) -> None:
+        """Remove the local staging of an object that was not published; what went up to a
+        bucket stays marked ``.committing`` for health."""
+        for path in staged.paths:
+            shutil.rmtree(path, ignore_errors=True)
+        staged.paths.clear()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The commit lock of every present local volume, in index order (buckets: one
+        commit per name is what their conditional manifest writes ensure)."""
+        with contextlib.ExitStack() as stack:
+            for _, vol in self.volumes.present_volumes():
+                local = vol.local_path()
+                if local is not None:
+                    stack.enter_context(commit_lock(local))
+            yield
 
     def _check_free(self, dirname: str, present: list[int]) -> None:
         for i in present:
@@ -263,16 +314,19 @@ class VolumeBackend:
                 write_new(stage / COMMITTING, b"")
                 os.rename(stage, local / dirname)
                 fsync_dir(local)
+                crash_point("volume-commit:placed")
 
     def discard(self, entry: Entry) -> None:
-        """Remove an object from every volume: marked first, manifests next (it is then
-        invisible), shards last; an interruption leaves a marked directory for health."""
+        """Remove an object from every volume: marked as a removal first (it is then
+        unpublished), manifests next, shards last; an interruption leaves marked
+        directories that health removes."""
         dirname = entry.dirname
         present = self.volumes.present_volumes()
         for _, vol in present:
             with contextlib.suppress(OSError):
                 if vol.listdir(dirname):
-                    vol.write(f"{dirname}/{COMMITTING}", b"")
+                    vol.write(f"{dirname}/{COMMITTING}", REMOVING)
+            crash_point("volume-discard:marked")
         for _, vol in present:
             for copy in (MANIFEST, REPLICA):
                 with contextlib.suppress(OSError):
@@ -351,3 +405,10 @@ def _both(
         b(done)
 
     return call
+
+
+def _hash_members(members: Sequence[tuple[str, int]]) -> str:
+    """BLAKE3 hex digest of a pack's bytes, the concatenation of ``members`` (a pack is at
+    most one block: it is read into memory whole)."""
+    parts = [read_regular(Path(path), n) for path, n in members]
+    return _core.blake3(b"".join(parts)).hex()

@@ -83,8 +83,10 @@ class Housekeeper:
             leftover.detail = str(e)
 
     def incomplete(self, vs: VolumeSet, d: str, report: HealthReport) -> None:
-        """An object directory marked committing with no manifest anywhere: a commit (or
-        removal) that died; removed from every volume unless it may still be running."""
+        """An object directory that was never published (marked committing on every volume
+        holding a manifest, and not every volume got its manifests) or whose removal was
+        under way: a commit or removal that died; removed from every volume unless it may
+        still be running."""
         leftover = Leftover(d, "staging")
         report.leftovers.append(leftover)
         young = False

@@ -44,6 +44,7 @@ from blockframe.health.report import (
 from blockframe.health.state import STATE_DIR, STATE_FILE, Freshness, LastScrub, State
 from blockframe.health.stripe import data_starts, files_lost, merge_lost, scrub_stripe
 from blockframe.storage.volumes import IncompleteError, VolumeSet, can_lose, replace_lost
+from blockframe.testhook import crash_point
 
 __all__ = ["Health", "scrub"]
 
@@ -80,6 +81,7 @@ class Health:
     def run(self, plan: Plan, progress: Progress | None = None) -> HealthReport:
         """Scrub the planned objects; repairs unless ``dry_run``. Stops starting new
         stripes once ``max_time`` is spent. The state is saved even when interrupted."""
+        crash_point("health:planned")
         opts = self.options
         report = HealthReport(
             str(self.root),
@@ -176,6 +178,8 @@ class Health:
             self.housekeeper.incomplete(self.vs, d, report)
             return None
         except (ManifestError, UsageError, _core.CoreError, OSError) as e:
+            if self._gone(d, report):
+                return None
             obj.status = "unusable"
             obj.problem = str(e)
             return obj, Freshness(before.verified, self.clock())
@@ -205,6 +209,8 @@ class Health:
         remains = obj.manifest_damaged or any(not s.repaired for s in obj.shards)
         found = obj.shards or obj.manifest_repaired or obj.manifest_damaged
         obj.status = "damaged" if remains else "repaired" if found else "healthy"
+        if obj.status == "damaged" and self._gone(d, report):
+            return None
         if obj.status == "damaged":
             return obj, Freshness(before.verified, self.clock())
         if obj.complete:
@@ -232,6 +238,17 @@ class Health:
                 )
         self.housekeeper.extras(path, m, report)
         return m, core
+
+    def _gone(self, d: str, report: HealthReport) -> bool:
+        """Whether object directory ``d`` was removed since the plan (a replace, or another
+        health run): what it lacks then is no damage. Noted in the report."""
+        if self.vs is None:
+            gone = not os.path.lexists(self.root / d)
+        else:
+            gone = not any(vol.listdir(d) for _, vol in self.vs.present_volumes())
+        if gone:
+            report.notes.append(f"{d}: removed while health ran (replaced or removed)")
+        return gone
 
     @staticmethod
     def _describe(obj: ObjectReport, m: Manifest) -> None:

@@ -13,9 +13,6 @@ import contextlib
 import errno
 import json
 import os
-import stat
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +20,9 @@ from typing import Any
 
 from blockframe.health.report import iso
 from blockframe.storage.local import atomic_write
+from blockframe.storage.lock import STATE_DIR as STATE_DIR
+from blockframe.storage.lock import check_state_dir, dir_lock
 
-STATE_DIR = ".blockframe"
 STATE_FILE = "state.json"
 STATE_FORMAT = "blockframe-health-state"
 STATE_VERSION = 1
@@ -153,44 +151,11 @@ class State:
         return {k: Freshness.from_dict(v) for k, v in objects.items()}, None
 
     def _check_dir(self) -> None:
-        """An OSError unless ``.blockframe`` is a real directory (FileNotFoundError when
-        there is none)."""
-        mode = os.lstat(self.dir).st_mode
-        if stat.S_ISLNK(mode):
-            raise OSError(f"{STATE_DIR} is a symbolic link, not followed")
-        if not stat.S_ISDIR(mode):
-            raise OSError(f"{STATE_DIR} is not a directory")
+        check_state_dir(self.dir)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Create ``.blockframe`` if need be and hold its lock, never through a link."""
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.dir)
-        self._check_dir()
-        if sys.platform == "win32":
-            yield
-            return
-        import fcntl
-
-        # Opened as checked: the directory itself (not a link planted since) holds the lock.
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            try:
-                fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise OSError(f"{STATE_DIR}/lock is a symbolic link, not followed") from None
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                # The state file is written by path: it must still lead to this directory.
-                if not os.path.samestat(os.fstat(dfd), os.lstat(self.dir)):
-                    raise OSError(f"{STATE_DIR} was replaced while health ran")
-                yield
-            finally:
-                os.close(fd)
-        finally:
-            os.close(dfd)
+        return dir_lock(self.root, "lock")
 
     def save(self, updates: dict[str, Freshness], present: set[str]) -> None:
         """Merge ``updates`` into the file; entries of object directories that no longer

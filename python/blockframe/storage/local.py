@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,16 @@ from blockframe.storage.base import READ_LIMIT, Volume, check_range, check_rel
 
 # Open flags for new files: never through a symlink planted at the temporary name (O_EXCL
 # already refuses any existing name; O_NOFOLLOW says so where the platform has it).
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_NEW_FILE = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+)
 
 
 # Opening a file to read it: never through a final symlink, never blocking on a FIFO or a
-# device (O_NONBLOCK; only regular files are then accepted).
-_READ_FILE = (
+# device (O_NONBLOCK; only regular files are then accepted). Each flag only where the
+# platform has it: Windows has none of the first three and needs O_BINARY instead (without
+# it the C runtime translates CR LF).
+READ_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_NOFOLLOW", 0)
@@ -34,7 +39,7 @@ def open_regular(path: Path) -> int:
     """A descriptor of the regular file at ``path``. A symlink, FIFO, device or directory
     there is an OSError (never followed, never waited on); a missing file is
     FileNotFoundError."""
-    fd = os.open(path, _READ_FILE)
+    fd = os.open(path, READ_FLAGS)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -43,6 +48,22 @@ def open_regular(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# Windows has no pread: a seek and a read under one lock stand in for it.
+_SEEK_LOCK = threading.Lock()
+
+
+def read_at(fd: int, n: int, pos: int) -> bytes:
+    """Up to ``n`` bytes of ``fd`` at offset ``pos`` (``b""`` at the end). POSIX reads with
+    ``pread``, which leaves the file position alone; Windows has no ``os.pread``, so the
+    position is moved there and read under a lock shared by every caller of this function
+    (whoever else moves the position of ``fd`` must not share the descriptor)."""
+    if sys.platform != "win32":
+        return os.pread(fd, n, pos)
+    with _SEEK_LOCK:
+        os.lseek(fd, pos, os.SEEK_SET)
+        return os.read(fd, n)
 
 
 def read_regular(path: Path, limit: int) -> bytes:

@@ -174,6 +174,7 @@ class VolumeSet:
         source = -1
         per: dict[int, Loaded | ManifestError] = {}
         raw_good: bytes | None = None
+        published = False
         for i, vol in self.present_volumes():
 
             def read(copy: str, vol: Volume = vol) -> bytes | None:
@@ -188,25 +189,15 @@ class VolumeSet:
             if found is None:
                 found, source = loaded, i
                 raw_good = loaded.manifest.to_json()
-            if repair == "existing":
+            # Published once a volume holds a good copy and no marker (FORMAT.md §17): the
+            # commit deletes the first marker only after every volume has its manifests.
+            if not published and marker(vol, dirname) is None:
+                published = True
+            if published and repair == "existing":
                 break  # readers need one good copy; health checks the others
-        if found is None or raw_good is None:
-            # Marked, and no manifest copy was ever written (a damaged copy would prove
-            # the commit got that far): an interrupted commit, not a damaged object.
-            present = self.present_volumes()
-            committing = any(vol.size(f"{dirname}/{COMMITTING}") is not None for _, vol in present)
-            written = any(
-                vol.size(f"{dirname}/{copy}") is not None
-                for _, vol in present
-                for copy in (MANIFEST, REPLICA)
-            )
-            if committing and not written:
-                raise IncompleteError(
-                    f"{dirname}: incomplete (a commit or removal was interrupted or is "
-                    "under way; health removes it)"
-                )
-            reasons = "; ".join(f"volume {i}: {e}" for i, e in per.items())
-            raise ManifestError(f"{dirname}: no usable manifest on any volume ({reasons})")
+        if found is None or raw_good is None or not published:
+            self._unpublished(dirname, found is not None, per, repair)
+        assert found is not None and raw_good is not None
         repaired: list[str] = []
         problems: list[str] = []
         for i, vol in self.present_volumes():
@@ -238,6 +229,52 @@ class VolumeSet:
                 except OSError as e:
                     log.warning("%s: cannot rewrite %s/%s: %s", vol.location, dirname, copy, e)
         return VolumeLoaded(found.manifest, tuple(repaired), tuple(problems), source)
+
+    def _unpublished(
+        self,
+        dirname: str,
+        any_good: bool,
+        per: dict[int, Loaded | ManifestError],
+        repair: str,
+    ) -> None:
+        """Raise for an object directory that is not a published object, unless it is one
+        ``health`` may finish: marked everywhere it holds a good manifest, no removal under
+        way, and a manifest copy written on every volume that holds the object (a commit
+        killed after its last manifest, before its first marker was deleted; a volume
+        holding nothing of it was lost and replaced since)."""
+        present = self.present_volumes()
+        markers = [m for _, vol in present if (m := marker(vol, dirname)) is not None]
+        if any_good:
+            if repair != "existing" and REMOVING not in markers and self._all_written(dirname):
+                return
+            raise IncompleteError(
+                f"{dirname}: incomplete (a commit or removal was interrupted or is "
+                "under way; health finishes or removes it)"
+            )
+        written = any(
+            vol.size(f"{dirname}/{copy}") is not None
+            for _, vol in present
+            for copy in (MANIFEST, REPLICA)
+        )
+        if markers and not written:
+            # Marked, and no manifest copy was ever written (a damaged copy would prove
+            # the commit got that far): an interrupted commit, not a damaged object.
+            raise IncompleteError(
+                f"{dirname}: incomplete (a commit or removal was interrupted or is "
+                "under way; health removes it)"
+            )
+        reasons = "; ".join(f"volume {i}: {e}" for i, e in per.items())
+        raise ManifestError(f"{dirname}: no usable manifest on any volume ({reasons})")
+
+    def _all_written(self, dirname: str) -> bool:
+        """Whether every present volume holding something of ``dirname`` holds a manifest
+        copy (good or not): the commit got past writing manifests everywhere."""
+        for _, vol in self.present_volumes():
+            if vol.listdir(dirname) and all(
+                vol.size(f"{dirname}/{c}") is None for c in (MANIFEST, REPLICA)
+            ):
+                return False
+        return True
 
     def write_manifest(self, dirname: str, m: Manifest, only: int | None = None) -> list[str]:
         """Write both copies of ``m`` on every present volume (or just volume ``only``);
@@ -355,6 +392,19 @@ class VolumeLoaded:
 
 class IncompleteError(ManifestError):
     """An object directory whose commit (or removal) has not finished."""
+
+
+# What a removal writes into `.committing` (a commit writes it empty): health never
+# finishes a removal, it completes it.
+REMOVING = b"remove"
+
+
+def marker(vol: Volume, dirname: str) -> bytes | None:
+    """The content of ``dirname``'s ``.committing`` marker on ``vol``, None without one."""
+    try:
+        return vol.read(f"{dirname}/{COMMITTING}", limit=64)
+    except OSError:
+        return b""  # there, but not a marker of ours: unpublished all the same
 
 
 def _check_label_dir(vol: Volume) -> None:

@@ -29,6 +29,7 @@ from blockframe.access.http.ranges import (
 from blockframe.archive import Entry
 from blockframe.errors import IntegrityError
 from blockframe.storage import Volume
+from blockframe.storage.local import READ_FLAGS, read_at
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ async def shard_response(request: Request, target: Target) -> Response:
     start, end = span or (0, size)
 
     def read_file(pos: int, n: int) -> bytes:
-        return os.pread(fd, n, pos)
+        return read_at(fd, n, pos)
 
     return Stream(_raw(read_file, start, end), status, headers, lambda: os.close(fd))
 
@@ -167,7 +168,9 @@ async def _raw(
 
 
 def _open_shard(path: Path) -> tuple[int, int]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    """A descriptor of the shard at ``path`` and its size; anything there but a regular file
+    (a link, a FIFO, a directory) is answered as missing."""
+    fd = os.open(path, READ_FLAGS)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)

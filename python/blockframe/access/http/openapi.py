@@ -256,15 +256,44 @@ def openapi(secured: bool) -> dict[str, Any]:
                 },
                 "FileInfo": {
                     "type": "object",
-                    "required": ["name", "size", "tier", "status", "id", "content_hash", "created"],
+                    "required": [
+                        "name",
+                        "size",
+                        "tier",
+                        "status",
+                        "id",
+                        "content_hash",
+                        "created",
+                        "mtime_ns",
+                        "mode",
+                    ],
                     "properties": {
                         "name": {"type": "string"},
-                        "size": {"type": "integer", "minimum": 1},
+                        # A file of a pack may be empty; an object never is.
+                        "size": {"type": "integer", "minimum": 0},
                         "tier": {"type": "integer", "enum": [1, 2, 3]},
                         "status": {"type": "string", "enum": ["ok", "manifest restored"]},
                         "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                         "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "created": {"type": "string", "format": "date-time"},
+                        "mtime_ns": {
+                            "description": "The file's modification time (ns since the "
+                            "epoch) as committed; the commit time for objects committed "
+                            "without it.",
+                            "type": "integer",
+                        },
+                        "mode": {
+                            "description": "The file's permission bits as committed "
+                            "(0o644 when not recorded).",
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 4095,
+                        },
+                        "pack": {
+                            "description": "For a file stored in a pack: the pack's "
+                            "object directory.",
+                            "type": "string",
+                        },
                         "volumes_can_lose": {
                             "description": "Volume archives only: how many more whole "
                             "volumes the object can lose with every byte still readable "
