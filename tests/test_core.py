@@ -1,10 +1,11 @@
 """The Rust core's Python surface (``blockframe._core``) at its edges: reads at and past the
-end, exceptions raised by the callables it is given, and shard paths that are not plain
-files or directories (links, FIFOs) inside an object."""
+end, exceptions raised by the callables it is given, shard paths that are not plain files
+or directories (links, FIFOs) inside an object, and commits of member files (packs)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from blockframe import _core
 from blockframe.archive.entry import Entry
 from blockframe.archive.reader import ArchivedObject, core_object
+from blockframe.config import StorageConfig
+from blockframe.format import layout
 from blockframe.format.manifest import Shard
 
 from conftest import Env, data, snapshot
@@ -243,3 +246,143 @@ def test_repair_after_the_object_was_replaced_leaves_no_zombie(env: Env) -> None
     assert repaired == []
     assert len(failed) == 1 and "gone" in failed[0], failed
     assert not old_dir.exists(), "repair re-created the replaced object's directory"
+
+
+# -- commits of member files (packs) ------------------------------------------------------
+
+
+def members(env: Env, sizes: list[int]) -> list[tuple[str, int]]:
+    """Files of ``sizes`` bytes (their content: consecutive pieces of ``data``)."""
+    base = env.root / "members"
+    base.mkdir()
+    blob = data(sum(sizes), seed=7)
+    out, at = [], 0
+    for i, n in enumerate(sizes):
+        path = base / f"m{i:04}"
+        path.write_bytes(blob[at : at + n])
+        out.append((str(path), n))
+        at += n
+    return out
+
+
+def pack_plan(size: int) -> tuple[int, list[tuple[list[tuple[str, int]], list[str]]]]:
+    """(chunk size, stripes) of a pack of ``size`` bytes, as a directory commit plans it."""
+    storage = layout.pack_storage(size, StorageConfig())
+    _, stripes = layout.plan(size, storage)
+    return storage.chunk_size, [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes]
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def pack_sizes() -> list[int]:
+    # 400 files of 0 to 3 KB (every seventh empty, two empty at the end): about 600 KB.
+    return [0 if i % 7 == 3 else (i * 7919) % 3000 + 1 for i in range(400)] + [0, 0]
+
+
+def test_members_commit_like_their_concatenation(env: Env) -> None:
+    listed = members(env, pack_sizes())
+    size = sum(n for _, n in listed)
+    chunk, stripes = pack_plan(size)
+    whole = env.root / "whole.bin"
+    whole.write_bytes(b"".join(Path(p).read_bytes() for p, _ in listed))
+    (env.root / "a").mkdir()
+    (env.root / "b").mkdir()
+    done: list[int] = []
+    content, hashes, each = _core.commit(
+        listed, [(str(env.root / "a"), True)], chunk, stripes, done.append
+    )
+    # A file still gives a 2-tuple.
+    content_f, hashes_f = _core.commit(str(whole), [(str(env.root / "b"), True)], chunk, stripes)
+    assert (content, hashes) == (content_f, hashes_f)
+    assert content == _core.hash_file(str(whole))
+    assert each == [_core.blake3(Path(p).read_bytes()) for p, _ in listed]
+    assert each[-1] == _core.blake3(b"")
+    assert files(env.root / "a") == files(env.root / "b")
+    assert len(files(env.root / "a")) == sum(len(d) + len(p) for d, p in stripes)
+
+
+def refused(env: Env, bad: int, spoil: Callable[[Path], None]) -> None:
+    """A pack commit with member ``bad`` spoiled raises SourceChangedError naming it, and
+    leaves nothing half-written: no shard (a non-empty member is found bad while the pack's
+    one stripe is being read), or at most (an empty member, which only the content hasher
+    opens, may be found bad after the stripe was written) complete shards, as a file
+    found changed at the end of its commit does; the caller removes them either way."""
+    sizes = pack_sizes()
+    listed = members(env, sizes)
+    chunk, stripes = pack_plan(sum(sizes))
+    assert len(stripes) == 1
+    reference = env.root / "reference"
+    reference.mkdir()
+    _core.commit(listed, [(str(reference), True)], chunk, stripes)
+    path = Path(listed[bad][0])
+    spoil(path)
+    stage = env.root / "stage"
+    stage.mkdir()
+    with pytest.raises(_core.SourceChangedError, match=str(path)):
+        _core.commit(listed, [(str(stage), True)], chunk, stripes)
+    left = files(stage)
+    if sizes[bad]:
+        assert left == {}
+    else:
+        assert left in ({}, files(reference))
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter", "missing", "directory"])
+def test_a_member_of_the_wrong_length_or_kind_is_refused(env: Env, change: str) -> None:
+    def spoil(path: Path) -> None:
+        if change == "longer":
+            path.write_bytes(path.read_bytes() + b"x")
+        elif change == "shorter":
+            path.write_bytes(path.read_bytes()[:-1])
+        else:
+            path.unlink()
+            if change == "directory":
+                path.mkdir()
+
+    refused(env, 200, spoil)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links need privileges on Windows")
+def test_a_linked_member_is_refused_not_followed(env: Env) -> None:
+    def spoil(path: Path) -> None:
+        # The link's target has exactly the listed bytes: only the link itself is wrong.
+        copy = env.root / "copy"
+        copy.write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(copy)
+
+    assert pack_sizes()[151] > 0
+    refused(env, 151, spoil)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_a_fifo_member_is_refused_not_waited_on(env: Env) -> None:
+    def spoil(path: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    # In place of a member with bytes, and of an empty one (its length matches: only its
+    # kind refuses it). A blocking open would hang here; the Rust tests run the same
+    # under a deadline.
+    refused(env, 151, spoil)
+    shutil.rmtree(env.root / "members")
+    shutil.rmtree(env.root / "reference")
+    shutil.rmtree(env.root / "stage")
+    refused(env, pack_sizes().index(0), spoil)
+
+
+def test_member_lengths_must_add_up_to_the_plan(env: Env) -> None:
+    listed = members(env, [100, 200, 300])
+    chunk, stripes = pack_plan(600)
+    listed[1] = (listed[1][0], 199)
+    stage = env.root / "stage"
+    stage.mkdir()
+    with pytest.raises(_core.CoreError, match="add up"):
+        _core.commit(listed, [(str(stage), True)], chunk, stripes)
+    assert files(stage) == {}

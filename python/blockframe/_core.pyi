@@ -73,25 +73,20 @@ class Object:
         """Rebuild a damaged shard: (chunks rebuilt, other shards found bad). In place for a
         local object, through ``store`` for a fetched one (CoreError without a store)."""
 
+# Per stripe: its data shards (path, length) in file order and its parity shard paths.
+PlanArg = list[tuple[list[tuple[str, int]], list[str]]]
+
 @overload
 def commit(
     source: str,
     roots: list[tuple[str, bool]],
     chunk_size: int,
-    stripes: list[tuple[list[tuple[str, int]], list[str]]],
+    stripes: PlanArg,
     progress: Callable[[int], object] | None = None,
     placement: list[list[int]] | None = None,
-) -> tuple[bytes, list[list[bytes]]]: ...
-@overload
-def commit(
-    source: list[tuple[str, int]],
-    roots: list[tuple[str, bool]],
-    chunk_size: int,
-    stripes: list[tuple[list[tuple[str, int]], list[str]]],
-    progress: Callable[[int], object] | None = None,
-    placement: list[list[int]] | None = None,
-) -> tuple[bytes, list[list[bytes]], list[bytes]]:
-    """Write the shards of ``source`` under ``roots``, a list of (directory, durable).
+) -> tuple[bytes, list[list[bytes]]]:
+    """Write the shards of the file ``source`` under ``roots``, a list of (directory,
+    durable).
 
     ``stripes`` gives, per stripe, its data shards (path, length) in file order and its
     parity shard paths; paths are relative to their root. ``placement[stripe]`` gives the
@@ -100,7 +95,31 @@ def commit(
     them; shards under a non-durable root (temporary files to upload elsewhere) are only
     written. ``progress(bytes_done)`` is called a few times a second; an exception from it
     (or Ctrl+C) cancels. Returns the BLAKE3 hash of the file and, per stripe, the
-    concatenated chunk hashes of each shard (data then parity)."""
+    concatenated chunk hashes of each shard (data then parity). Raises SourceChangedError
+    when the file's length is not the plan's or the file changes during the commit."""
+
+@overload
+def commit(
+    source: list[tuple[str, int]],
+    roots: list[tuple[str, bool]],
+    chunk_size: int,
+    stripes: PlanArg,
+    progress: Callable[[int], object] | None = None,
+    placement: list[list[int]] | None = None,
+) -> tuple[bytes, list[list[bytes]], list[bytes]]:
+    """Write the shards of a pack: the concatenation of the member files ``source``, each
+    (path, length) in order (zero lengths allowed), otherwise as for a single file. Returns
+    also the BLAKE3 hash of each member, in order.
+
+    Members are opened one after another as the commit reaches them (only a few are open
+    at a time), never through a symbolic link in the last component of their path, and
+    only if they are regular files (a FIFO is refused, not waited on). A member that is a
+    link or not a regular file, is missing, does not have the length given, or changes
+    (length, modification time, or replaced by another file) before it has been read
+    raises SourceChangedError naming it. Lengths that do not add up to the plan's raise
+    CoreError before anything is written. After an error, as after a file found changed,
+    no stripe being written was synced, no directory was synced, and the caller removes
+    the shards written (it commits into a staging directory)."""
 
 def merkle_root(leaves: bytes) -> bytes: ...
 def blake3(data: bytes) -> bytes: ...

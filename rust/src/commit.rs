@@ -9,6 +9,15 @@
 //! - the *syncer* fsyncs the files of each finished stripe;
 //! - the *content hasher* hashes the whole file sequentially for the object id.
 //!
+//! The source is one file, or a list of *member* files whose concatenation is the object
+//! (a pack, FORMAT.md §18). Members are opened lazily (only those being read are open: at
+//! most a couple per data shard of a stripe), each without following a link and refused
+//! unless it is a regular file of the length given; each is checked again, by length,
+//! modification time and identity, once it has been read. The content hasher reads the
+//! members in order and also returns each member's own hash; the encoder reads them
+//! through its own handles at the offsets the stripes need, so reading and hashing of the
+//! next members overlap the encoding of the current ones exactly as for a single file.
+//!
 //! Shards may be spread over several roots (volumes). A *durable* root gets the full
 //! treatment (writeback, fsync of every shard and of the directories created); a
 //! non-durable one holds temporary files that will be uploaded elsewhere and is never
@@ -20,19 +29,20 @@
 //! source truncated by another process during the commit would kill an mmap reader with
 //! SIGBUS instead of giving an error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::codec;
 use crate::error::{catch_panic, joined, Error, IoContext, Result};
 use crate::hashing::{chunk_hashes, Hash};
 use crate::layout::{check_chunk_size, padded_len};
-use crate::platform::{self, FileStamp};
+use crate::platform::{self, FileIdentity, FileStamp};
 use crate::shardio::fsync_dir;
 
 /// Bytes of every shard handled per pipeline step.
@@ -87,13 +97,18 @@ pub struct Progress {
     pub cancel: AtomicBool,
 }
 
-/// What a commit produced: the BLAKE3 hash of the whole file and, per stripe and shard
-/// (data first, then parity), the chunk hashes.
+/// What a commit produced: the BLAKE3 hash of the whole object, per stripe and shard
+/// (data first, then parity) the chunk hashes, and the BLAKE3 hash of each member file in
+/// order (for a single-file source, just the content hash).
 #[derive(Debug)]
 pub struct CommitOutput {
     pub content_hash: Hash,
     pub hashes: Vec<Vec<Vec<Hash>>>,
+    pub member_hashes: Vec<Hash>,
 }
+
+/// A member file of a pack: its path and the length it must have.
+pub type Member = (PathBuf, u64);
 
 struct Job {
     stripe: usize,
@@ -133,6 +148,67 @@ pub fn commit_to_roots(
     plan: &[PlanStripe],
     progress: &Progress,
 ) -> Result<CommitOutput> {
+    let total = check_plan(roots, chunk_size, plan)?;
+    let file = File::open(source).at(source)?;
+    let before = FileStamp::of(&file).at(source)?;
+    if before.len != total {
+        return Err(Error::SourceChanged {
+            path: source.to_path_buf(),
+        });
+    }
+    let bytes = FileBytes {
+        file: &file,
+        source,
+        before,
+    };
+    run(roots, chunk_size, plan, progress, bytes, || {
+        hash_whole_file(&file, source, progress).map(|h| (h, vec![h]))
+    })
+}
+
+/// Write the shards of the concatenation of `members` (each a path and the length it must
+/// have; zero-length members are allowed) following `plan`, as [`commit_to_roots`] does
+/// for one file, and also return each member's hash.
+///
+/// A member that is a symbolic link (in its last component), that is not a regular file
+/// (a FIFO is refused without blocking), that is missing, whose length is not the one
+/// given, or that changes (length, modification time or identity) before it has been read
+/// completely fails the commit with [`Error::SourceChanged`] naming that member. Then, as
+/// for any failed commit, the shards of stripes already finished stay written (and
+/// synced, under a durable root), those of the stripe being written are partial and were
+/// never synced, no directory was synced, and the caller removes them all (it commits into
+/// a staging directory).
+pub fn commit_members(
+    members: &[Member],
+    roots: &[CommitRoot],
+    chunk_size: u64,
+    plan: &[PlanStripe],
+    progress: &Progress,
+) -> Result<CommitOutput> {
+    let total = check_plan(roots, chunk_size, plan)?;
+    let set = MemberSet::new(members);
+    let given = set.starts[members.len()];
+    if given != total {
+        return Err(Error::Layout(format!(
+            "the members add up to {given} bytes but the plan holds {total}"
+        )));
+    }
+    let bytes = MemberReader {
+        set: &set,
+        open: HashMap::new(),
+    };
+    run(roots, chunk_size, plan, progress, bytes, || {
+        let hashed = hash_members(&set, progress);
+        if hashed.is_err() {
+            // No use encoding the rest: stop the encoder too.
+            progress.cancel.store(true, Ordering::Relaxed);
+        }
+        hashed
+    })
+}
+
+/// Check the commit's arguments; returns the source length the plan holds.
+fn check_plan(roots: &[CommitRoot], chunk_size: u64, plan: &[PlanStripe]) -> Result<u64> {
     check_chunk_size(chunk_size)?;
     if roots.is_empty() {
         return Err(Error::Layout("a commit needs at least one root".into()));
@@ -154,14 +230,169 @@ pub fn commit_to_roots(
             }
         }
     }
-    let total: u64 = plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum();
-    let file = File::open(source).at(source)?;
-    let before = FileStamp::of(&file).at(source)?;
-    if before.len != total {
-        return Err(Error::SourceChanged {
-            path: source.to_path_buf(),
-        });
+    Ok(plan.iter().flat_map(|s| &s.data).map(|d| d.len).sum())
+}
+
+/// The source bytes as the encoder reads them: ranges at any offset.
+trait SourceBytes {
+    /// Fill `buf` with the source bytes at `offset`.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Once every byte has been read: check the source did not change meanwhile.
+    fn finish(self) -> Result<()>;
+}
+
+/// A single source file, read through the handle opened at the start.
+struct FileBytes<'a> {
+    file: &'a File,
+    source: &'a Path,
+    before: FileStamp,
+}
+
+impl SourceBytes for FileBytes<'_> {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        platform::read_exact_at(self.file, buf, offset)
+            .map_err(|e| source_read_error(e, self.source))
     }
+
+    fn finish(self) -> Result<()> {
+        // Length and modification time (to the nanosecond on Linux and macOS) as they
+        // were when the commit opened the file.
+        if FileStamp::of(self.file).at(self.source)? != self.before {
+            return Err(Error::SourceChanged {
+                path: self.source.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The member files of a pack: where each starts in the object, and the identity each
+/// had when first opened (by the encoder or the content hasher, whichever came first).
+struct MemberSet<'a> {
+    members: &'a [Member],
+    /// Offset of each member in the object, then the object's length.
+    starts: Vec<u64>,
+    seen: Vec<OnceLock<FileIdentity>>,
+}
+
+impl<'a> MemberSet<'a> {
+    fn new(members: &'a [Member]) -> Self {
+        let mut starts = Vec::with_capacity(members.len() + 1);
+        let mut at = 0u64;
+        starts.push(at);
+        for (_, len) in members {
+            at = at.saturating_add(*len);
+            starts.push(at);
+        }
+        Self {
+            members,
+            starts,
+            seen: members.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn changed(&self, j: usize) -> Error {
+        Error::SourceChanged {
+            path: self.members[j].0.clone(),
+        }
+    }
+
+    /// Open member `j`: a regular file reached without following a link, of the length
+    /// given, and the same file any earlier open of it found.
+    fn open(&self, j: usize) -> Result<File> {
+        let (path, len) = &self.members[j];
+        let (file, md) = match platform::open_regular(path) {
+            Ok(Some(opened)) => opened,
+            // A link, a FIFO, a directory...: not the file the caller listed.
+            Ok(None) => return Err(self.changed(j)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.changed(j)),
+            Err(e) => return Err(e).at(path),
+        };
+        let id = FileIdentity::from_metadata(&md);
+        if id.stamp.len != *len || *self.seen[j].get_or_init(|| id) != id {
+            return Err(self.changed(j));
+        }
+        Ok(file)
+    }
+
+    /// Once member `j` has been read through `file`: it is still as it was first opened.
+    fn check(&self, j: usize, file: &File) -> Result<()> {
+        let id = FileIdentity::of(file).at(&self.members[j].0)?;
+        if self.seen[j].get() != Some(&id) {
+            return Err(self.changed(j));
+        }
+        Ok(())
+    }
+}
+
+/// The encoder's view of the members: each opened when its first byte is needed and
+/// checked and closed once its last one has been read. Every byte of the object is read
+/// exactly once (in the one window of the one data shard holding it), so a member stays
+/// open only while a read of its range is under way: one per data shard at most, plus
+/// those straddling two shards of a stripe.
+struct MemberReader<'a> {
+    set: &'a MemberSet<'a>,
+    /// Open members: their handle and how many of their bytes are still to be read.
+    open: HashMap<usize, (File, u64)>,
+}
+
+impl SourceBytes for MemberReader<'_> {
+    fn read_exact_at(&mut self, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
+        let n = self.set.members.len();
+        let starts = &self.set.starts;
+        while !buf.is_empty() {
+            if offset >= starts[n] {
+                return Err(Error::Layout(format!(
+                    "read at {offset} past the end of the members ({} bytes)",
+                    starts[n]
+                )));
+            }
+            // The last member starting at or before `offset`: the one holding it (members
+            // of length zero before it start there too).
+            let j = starts[..n].partition_point(|&s| s <= offset) - 1;
+            let take = (starts[j + 1] - offset).min(buf.len() as u64) as usize;
+            let (file, left) = match self.open.entry(j) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((self.set.open(j)?, self.set.members[j].1))
+                }
+            };
+            let (here, rest) = buf.split_at_mut(take);
+            platform::read_exact_at(file, here, offset - starts[j])
+                .map_err(|e| source_read_error(e, &self.set.members[j].0))?;
+            *left -= take as u64;
+            if *left == 0 {
+                let (file, _) = self.open.remove(&j).expect("the member is open");
+                self.set.check(j, &file)?;
+            }
+            buf = rest;
+            offset += take as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        // Every member was checked as its last byte was read; none can be left open.
+        for (j, (file, _)) in &self.open {
+            self.set.check(*j, file)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pipeline itself (see the module documentation), once the source is open.
+fn run<B, H>(
+    roots: &[CommitRoot],
+    chunk_size: u64,
+    plan: &[PlanStripe],
+    progress: &Progress,
+    mut bytes: B,
+    hash_content: H,
+) -> Result<CommitOutput>
+where
+    B: SourceBytes,
+    H: FnOnce() -> Result<(Hash, Vec<Hash>)> + Send,
+{
     let window = (WINDOW / chunk_size).max(1) * chunk_size;
     let max_k = plan.iter().map(|s| s.data.len()).max().unwrap_or(0);
     let max_m = plan.iter().map(|s| s.parity.len()).max().unwrap_or(0);
@@ -188,11 +419,11 @@ pub fn commit_to_roots(
     let (sync_tx, sync_rx) = sync_channel::<Vec<(PathBuf, File)>>(plan.len());
 
     std::thread::scope(|scope| {
-        let content = scope.spawn(|| hash_whole_file(&file, source, progress));
+        let content = scope.spawn(hash_content);
         let syncer = scope.spawn(move || sync_stripes(sync_rx));
         let writer = scope.spawn(|| write_jobs(roots, plan, job_rx, free_tx, sync_tx, progress));
         let encoded = encode_stripes(
-            &file, source, plan, chunk_size, window, job_tx, free_rx, progress,
+            &mut bytes, plan, chunk_size, window, job_tx, free_rx, progress,
         );
         if encoded.is_err() {
             // Stop the content hasher early; its result is no longer needed.
@@ -203,11 +434,12 @@ pub fn commit_to_roots(
         let written = joined("the commit's writer thread", writer);
         let synced = joined("the commit's syncer thread", syncer);
         let content_hash = joined("the commit's content hasher thread", content);
-        let (hashes, content_hash) = match (encoded, written, synced, content_hash) {
+        let (hashes, (content_hash, member_hashes)) = match (encoded, written, synced, content_hash)
+        {
             (Ok(h), Ok(()), Ok(()), Ok(c)) => (h, c),
             (e1, e2, e3, e4) => {
-                // A failing thread makes the others fail with `Cancelled` (closed channels);
-                // report the failure that started it.
+                // A failing thread makes the others fail with `Cancelled` (closed
+                // channels); report the failure that started it.
                 let errors = [e1.err(), e2.err(), e3.err(), e4.err()];
                 let mut errors = errors.into_iter().flatten();
                 let first = errors.next().unwrap_or(Error::Cancelled);
@@ -219,13 +451,7 @@ pub fn commit_to_roots(
                 return Err(first);
             }
         };
-        // Length and modification time (to the nanosecond on Linux and macOS) as they
-        // were when the commit opened the file.
-        if FileStamp::of(&file).at(source)? != before {
-            return Err(Error::SourceChanged {
-                path: source.to_path_buf(),
-            });
-        }
+        bytes.finish()?;
         for (r, (root, durable)) in roots.iter().enumerate() {
             if *durable {
                 fsync_tree(root, r, plan)?;
@@ -234,6 +460,7 @@ pub fn commit_to_roots(
         Ok(CommitOutput {
             content_hash,
             hashes,
+            member_hashes,
         })
     })
 }
@@ -274,10 +501,8 @@ pub fn run_watched<T: Send>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn encode_stripes(
-    file: &File,
-    source: &Path,
+    bytes: &mut impl SourceBytes,
     plan: &[PlanStripe],
     chunk_size: u64,
     window: u64,
@@ -312,8 +537,7 @@ fn encode_stripes(
                 let buf = &mut job.data[i];
                 buf.resize(wlen, 0);
                 if real > 0 {
-                    platform::read_exact_at(file, &mut buf[..real], shard_off + w0)
-                        .map_err(|e| source_read_error(e, source))?;
+                    bytes.read_exact_at(&mut buf[..real], shard_off + w0)?;
                 }
                 buf[real..].fill(0);
                 hashes[i].extend(chunk_hashes(&buf[..real], chunk_size as usize));
@@ -479,6 +703,33 @@ fn hash_whole_file(file: &File, source: &Path, progress: &Progress) -> Result<Ha
         offset += n as u64;
     }
     Ok(*hasher.finalize().as_bytes())
+}
+
+/// Read the members in order, each through a handle of its own opened without following a
+/// link and checked once read: the hash of their concatenation and the hash of each.
+fn hash_members(set: &MemberSet<'_>, progress: &Progress) -> Result<(Hash, Vec<Hash>)> {
+    let mut content = blake3::Hasher::new();
+    let mut each = Vec::with_capacity(set.members.len());
+    let mut buf = vec![0u8; WINDOW as usize];
+    for (j, (path, len)) in set.members.iter().enumerate() {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let file = set.open(j)?;
+        let mut member = blake3::Hasher::new();
+        let mut offset = 0u64;
+        while offset < *len {
+            let n = WINDOW.min(len - offset) as usize;
+            platform::read_exact_at(&file, &mut buf[..n], offset)
+                .map_err(|e| source_read_error(e, path))?;
+            content.update(&buf[..n]);
+            member.update(&buf[..n]);
+            offset += n as u64;
+        }
+        set.check(j, &file)?;
+        each.push(*member.finalize().as_bytes());
+    }
+    Ok((*content.finalize().as_bytes(), each))
 }
 
 /// A relative path made only of normal components (no `/`, `..`, `.` or prefix).

@@ -26,7 +26,7 @@ mod python {
     use pyo3::create_exception;
     use pyo3::exceptions::PyException;
     use pyo3::prelude::*;
-    use pyo3::types::PyBytes;
+    use pyo3::types::{PyBytes, PyTuple};
 
     use crate::cache::ChunkCache;
     use crate::commit::{PlanParity, PlanShard, PlanStripe, Progress};
@@ -402,8 +402,13 @@ mod python {
 
     type PlanArg = (Vec<(PathBuf, u64)>, Vec<PathBuf>);
 
-    /// (content hash, per stripe the concatenated chunk hashes of each shard).
-    type CommitResult<'py> = (Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>);
+    /// What is committed: one file, or member files (path, length) whose concatenation is
+    /// the object. A str (or os.PathLike) is a file; a list of tuples is members.
+    #[derive(FromPyObject)]
+    enum SourceArg {
+        File(PathBuf),
+        Members(Vec<(PathBuf, u64)>),
+    }
 
     /// The commit plan: `stripes` with each shard's root index from `placement` (per
     /// stripe, data then parity), or root 0 for all without one.
@@ -464,8 +469,10 @@ mod python {
     /// under the root `placement` gives it (all under the first without one). Shards under
     /// a durable root are fsynced with their directories; the others are only written.
     /// Calls `progress(bytes_done)` a few times a second; Ctrl+C (or an exception from
-    /// `progress`) cancels. Returns the BLAKE3 hash of the file and, per stripe, the
-    /// concatenated chunk hashes of each shard.
+    /// `progress`) cancels. `source` is a file, or a list of member files (path, length)
+    /// whose concatenation is the object (a pack). Returns the BLAKE3 hash of the object
+    /// and, per stripe, the concatenated chunk hashes of each shard; for members, also the
+    /// BLAKE3 hash of each member, in order (a 3-tuple).
     #[pyfunction]
     #[pyo3(
         name = "commit",
@@ -474,13 +481,13 @@ mod python {
     #[allow(clippy::too_many_arguments)]
     fn commit_file<'py>(
         py: Python<'py>,
-        source: PathBuf,
+        source: SourceArg,
         roots: Vec<(PathBuf, bool)>,
         chunk_size: u64,
         stripes: Vec<PlanArg>,
         progress: Option<Py<PyAny>>,
         placement: Option<Vec<Vec<usize>>>,
-    ) -> PyResult<CommitResult<'py>> {
+    ) -> PyResult<Bound<'py, PyTuple>> {
         if roots.is_empty() {
             return Err(CoreError::new_err("commit needs at least one root"));
         }
@@ -492,7 +499,14 @@ mod python {
                 crate::commit::run_watched(
                     &state,
                     REPORT_EVERY,
-                    || crate::commit::commit_to_roots(&source, &roots, chunk_size, &plan, &state),
+                    || match &source {
+                        SourceArg::File(path) => {
+                            crate::commit::commit_to_roots(path, &roots, chunk_size, &plan, &state)
+                        }
+                        SourceArg::Members(members) => crate::commit::commit_members(
+                            members, &roots, chunk_size, &plan, &state,
+                        ),
+                    },
                     |done| {
                         Python::attach(|py| {
                             let reported = progress
@@ -514,7 +528,7 @@ mod python {
             return Err(e);
         }
         let out = result.map_err(to_py)?;
-        let hashes = out
+        let hashes: Vec<Vec<Bound<'py, PyBytes>>> = out
             .hashes
             .iter()
             .map(|stripe| {
@@ -524,7 +538,18 @@ mod python {
                     .collect()
             })
             .collect();
-        Ok((PyBytes::new(py, &out.content_hash), hashes))
+        let content = PyBytes::new(py, &out.content_hash);
+        match source {
+            SourceArg::File(_) => (content, hashes).into_pyobject(py),
+            SourceArg::Members(_) => {
+                let members: Vec<Bound<'py, PyBytes>> = out
+                    .member_hashes
+                    .iter()
+                    .map(|h| PyBytes::new(py, h))
+                    .collect();
+                (content, hashes, members).into_pyobject(py)
+            }
+        }
     }
 
     /// Merkle root over concatenated 32-byte leaves.

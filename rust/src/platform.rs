@@ -2,7 +2,7 @@
 //! in the core is plain `std`; anything OS-specific goes here, behind `cfg`, so that the
 //! core builds and behaves the same on Linux, macOS and Windows.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::path::Path;
 use std::time::SystemTime;
@@ -144,12 +144,103 @@ pub struct FileStamp {
 impl FileStamp {
     /// The stamp of an open file.
     pub fn of(file: &File) -> io::Result<Self> {
-        let md = file.metadata()?;
-        Ok(Self {
+        Ok(Self::from_metadata(&file.metadata()?))
+    }
+
+    /// The stamp described by `md`.
+    pub fn from_metadata(md: &Metadata) -> Self {
+        Self {
             len: md.len(),
             // Every platform the core builds for records it; `None` would only compare
             // equal to another `None` from the same file, leaving the length check.
             modified: md.modified().ok(),
-        })
+        }
     }
+}
+
+/// Which file an open handle is, and its [`FileStamp`]: two opens of one path that give
+/// different identities did not open the same, unchanged file.
+///
+/// Unix: device and inode number. Windows: the creation time (std has no stable access to
+/// the volume serial number and file index), so a file replaced by another of the same
+/// length, modification and creation time goes unnoticed there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub stamp: FileStamp,
+    id: (u64, u64),
+}
+
+impl FileIdentity {
+    /// The identity of an open file.
+    pub fn of(file: &File) -> io::Result<Self> {
+        Ok(Self::from_metadata(&file.metadata()?))
+    }
+
+    /// The identity described by `md` (the metadata of an open handle).
+    #[cfg(unix)]
+    pub fn from_metadata(md: &Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            stamp: FileStamp::from_metadata(md),
+            id: (md.dev(), md.ino()),
+        }
+    }
+
+    /// See the Unix version.
+    #[cfg(windows)]
+    pub fn from_metadata(md: &Metadata) -> Self {
+        use std::os::windows::fs::MetadataExt;
+        Self {
+            stamp: FileStamp::from_metadata(md),
+            id: (md.creation_time(), 0),
+        }
+    }
+}
+
+/// Open `path` for reading if it is a regular file, without following a symbolic link in
+/// its last component and without waiting on a FIFO or device: `Ok(None)` when it is a
+/// link or anything but a regular file. Also returns the file's metadata, taken from the
+/// open handle.
+///
+/// Unix: `O_NOFOLLOW | O_NONBLOCK` (a FIFO opens at once and is then refused; the flag has
+/// no effect on reads of a regular file), then `fstat`.
+#[cfg(unix)]
+pub fn open_regular(path: &Path) -> io::Result<Option<(File, Metadata)>> {
+    use rustix::fs::{self as rfs, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rfs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // What O_NOFOLLOW gives for a link (FreeBSD says EMLINK).
+        Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::MLINK) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    let md = file.metadata()?;
+    Ok(md.is_file().then_some((file, md)))
+}
+
+/// See the Unix version. Windows: `FILE_FLAG_OPEN_REPARSE_POINT` opens a symbolic link
+/// (or junction, or any other reparse point) itself instead of its target, and the handle
+/// is refused unless it is a plain file. (A named pipe lives under `\\.\pipe\`, never
+/// at a path of a file system, so nothing can block the open.)
+#[cfg(windows)]
+pub fn open_regular(path: &Path) -> io::Result<Option<(File, Metadata)>> {
+    use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
+    const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+    const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+        .open(path)
+    {
+        Ok(file) => file,
+        // A directory cannot be opened this way ("Access denied"): not a file either.
+        Err(_) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let md = file.metadata()?;
+    let plain = md.is_file()
+        && !md.file_type().is_symlink()
+        && md.file_attributes() & FILE_ATTRIBUTE_REPARSE_POINT == 0;
+    Ok(plain.then_some((file, md)))
 }

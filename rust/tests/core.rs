@@ -2949,3 +2949,360 @@ fn repair_of_a_shard_held_open_elsewhere_never_makes_it_worse() {
     assert_no_temporaries(&f.root);
     read_ok(&reader, &f.data, 0, f.data.len());
 }
+
+// ---------------------------------------------------------------------------------------
+// Commits of member files (packs): the object is the concatenation of many files.
+// ---------------------------------------------------------------------------------------
+
+/// `data` cut into member files of random lengths up to `max` (zero included) under
+/// `dir/members`: their paths and lengths, in order.
+fn write_members(dir: &Path, data: &[u8], max: u64, seed: u64) -> Vec<(PathBuf, u64)> {
+    let base = dir.join("members");
+    fs::create_dir_all(&base).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut members = Vec::new();
+    let mut at = 0usize;
+    while at < data.len() {
+        // About one member in eight is empty.
+        let len = if rng.below(8) == 0 {
+            0
+        } else {
+            (1 + rng.below(max) as usize).min(data.len() - at)
+        };
+        let path = base.join(format!("m{}", members.len()));
+        fs::write(&path, &data[at..at + len]).unwrap();
+        members.push((path, len as u64));
+        at += len;
+    }
+    // Empty members at the very end too.
+    for _ in 0..2 {
+        let path = base.join(format!("m{}", members.len()));
+        fs::write(&path, b"").unwrap();
+        members.push((path, 0));
+    }
+    members
+}
+
+/// Commit `members` under `root` with `plan`, against a deadline: a commit that opened a
+/// FIFO for reading would wait forever for a writer, which must fail the test, not hang it.
+fn commit_members_within(
+    members: &[(PathBuf, u64)],
+    root: &Path,
+    chunk: u64,
+    plan: &[PlanStripe],
+) -> Result<CommitOutput, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (members, root, plan) = (members.to_vec(), root.to_path_buf(), plan.to_vec());
+    std::thread::spawn(move || {
+        let roots = [(root, true)];
+        let out = commit::commit_members(&members, &roots, chunk, &plan, &Progress::default());
+        let _ = tx.send(out);
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the commit of members finished (it did not block)")
+}
+
+#[test]
+fn members_commit_to_the_same_shards_as_their_concatenation() {
+    let cases = [
+        // Tiny members over several stripes, many per shard and across shard boundaries.
+        (
+            9_000u64,
+            300u64,
+            Geometry {
+                k: 4,
+                m: 2,
+                seg: 1000,
+                chunk: 256,
+            },
+        ),
+        // Members larger than shards.
+        (
+            20_000,
+            7_000,
+            Geometry {
+                k: 3,
+                m: 1,
+                seg: 2048,
+                chunk: 512,
+            },
+        ),
+        // Shards longer than a window (1 MiB): members are read in several windows, and
+        // those straddling two shards are read from both ends at once.
+        (
+            5 << 20,
+            300_000,
+            Geometry {
+                k: 3,
+                m: 2,
+                seg: (3 << 20) / 2,
+                chunk: 64 << 10,
+            },
+        ),
+    ];
+    for (ci, (size, max, g)) in cases.into_iter().enumerate() {
+        let f = Fixture::new(size, g, 40 + ci as u64);
+        let expected = f.expected_shards();
+        let dir = tempfile::tempdir().unwrap();
+        let members = write_members(dir.path(), &f.data, max, 50 + ci as u64);
+        assert!(members.iter().any(|m| m.1 == 0));
+        let root = dir.path().join("object");
+        let progress = Progress::default();
+        let out = commit::commit_members(
+            &members,
+            &[(root.clone(), true)],
+            g.chunk,
+            &f.plan,
+            &progress,
+        )
+        .unwrap_or_else(|e| panic!("case {ci}: {e}"));
+        assert_eq!(out.content_hash, f.out.content_hash, "case {ci}");
+        assert_eq!(out.hashes, f.out.hashes, "case {ci}");
+        assert_eq!(progress.done.load(Ordering::Relaxed), size);
+        let wanted: Vec<Hash> = members
+            .iter()
+            .map(|(p, _)| hashing::chunk_hash(&fs::read(p).unwrap()))
+            .collect();
+        assert_eq!(out.member_hashes, wanted, "case {ci}");
+        assert_eq!(
+            out.member_hashes[members.len() - 1],
+            hashing::chunk_hash(b""),
+            "an empty member's hash is the hash of nothing"
+        );
+        assert_eq!(list_files(&root), list_files(&f.root), "case {ci}");
+        for (si, st) in f.plan.iter().enumerate() {
+            let paths = st
+                .data
+                .iter()
+                .map(|d| &d.path)
+                .chain(st.parity.iter().map(|p| &p.path));
+            for (s, rel) in paths.enumerate() {
+                assert!(
+                    fs::read(root.join(rel)).unwrap() == expected[si][s],
+                    "case {ci}: stripe {si} shard {s} differs"
+                );
+            }
+        }
+        // The committed object reads back as the concatenation.
+        let reader = Reader::new(layout_of(&f.plan, &out, g.chunk, &root, &|_, p, len, h| {
+            ShardSpec {
+                path: p.to_path_buf(),
+                len,
+                hashes: h,
+                dir: None,
+            }
+        }));
+        read_ok(&reader, &f.data, 0, f.data.len());
+    }
+
+    // A single-file commit gives its content hash as its one member hash.
+    let f = Fixture::new(
+        3000,
+        Geometry {
+            k: 2,
+            m: 1,
+            seg: 1000,
+            chunk: 256,
+        },
+        49,
+    );
+    assert_eq!(f.out.member_hashes, vec![f.out.content_hash]);
+}
+
+/// A member list whose 5000 bytes fill stripes of 2000 (k 2, seg 1000): members of 500
+/// bytes, so member `i` is in stripe `i / 4`.
+struct MemberCase {
+    dir: tempfile::TempDir,
+    data: Vec<u8>,
+    members: Vec<(PathBuf, u64)>,
+    g: Geometry,
+    plan: Vec<PlanStripe>,
+}
+
+impl MemberCase {
+    fn new(seed: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Rng::new(seed).bytes(5000);
+        let base = dir.path().join("members");
+        fs::create_dir(&base).unwrap();
+        let members = data
+            .chunks(500)
+            .enumerate()
+            .map(|(i, bytes)| {
+                let path = base.join(format!("m{i}"));
+                fs::write(&path, bytes).unwrap();
+                (path, bytes.len() as u64)
+            })
+            .collect();
+        let g = Geometry {
+            k: 2,
+            m: 1,
+            seg: 1000,
+            chunk: 256,
+        };
+        let plan = make_plan(5000, g);
+        Self {
+            dir,
+            data,
+            members,
+            g,
+            plan,
+        }
+    }
+
+    /// Commit with member `bad` spoiled by `spoil`; the commit must fail with
+    /// `SourceChanged` naming that member, leaving no shard of its stripe or a later one
+    /// and only complete shards of earlier stripes.
+    fn fails_at(&self, bad: usize, what: &str, spoil: impl FnOnce(&Path)) {
+        let path = self.members[bad].0.clone();
+        spoil(&path);
+        let root = self.dir.path().join(format!("object-{what}"));
+        let err =
+            commit_members_within(&self.members, &root, self.g.chunk, &self.plan).unwrap_err();
+        assert!(
+            matches!(&err, Error::SourceChanged { path: p } if p == &path),
+            "{what}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(&*path.to_string_lossy()),
+            "{what}: {err}"
+        );
+        self.only_whole_stripes_before(&root, bad / 4, what);
+    }
+
+    /// Only shards of stripes before `stripe` are under `root`, each complete.
+    fn only_whole_stripes_before(&self, root: &Path, stripe: usize, what: &str) {
+        let f = Fixture {
+            _dir: tempfile::tempdir().unwrap(),
+            source: PathBuf::new(),
+            root: PathBuf::new(),
+            data: self.data.clone(),
+            g: self.g,
+            plan: self.plan.clone(),
+            out: CommitOutput {
+                content_hash: [0; 32],
+                hashes: Vec::new(),
+                member_hashes: Vec::new(),
+            },
+            done: 0,
+        };
+        let expected = f.expected_shards();
+        let mut allowed = BTreeSet::new();
+        for st in &self.plan[..stripe] {
+            allowed.extend(st.data.iter().map(|d| d.path.clone()));
+            allowed.extend(st.parity.iter().map(|p| p.path.clone()));
+        }
+        let left = files_under(root);
+        assert!(left.is_subset(&allowed), "{what}: {left:?}");
+        for (si, st) in self.plan[..stripe].iter().enumerate() {
+            let paths = st
+                .data
+                .iter()
+                .map(|d| &d.path)
+                .chain(st.parity.iter().map(|p| &p.path));
+            for (s, rel) in paths.enumerate() {
+                if let Ok(bytes) = fs::read(root.join(rel)) {
+                    assert!(bytes == expected[si][s], "{what}: a partial shard {rel:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn members_of_the_wrong_length_or_missing_fail_the_commit() {
+    let case = MemberCase::new(60);
+    // Longer and shorter than listed, in the second stripe; then missing, in the third.
+    case.fails_at(5, "longer", |p| {
+        let mut bytes = fs::read(p).unwrap();
+        bytes.push(0);
+        fs::write(p, bytes).unwrap();
+    });
+    let case = MemberCase::new(61);
+    case.fails_at(6, "shorter", |p| {
+        let bytes = fs::read(p).unwrap();
+        fs::write(p, &bytes[..499]).unwrap();
+    });
+    let case = MemberCase::new(62);
+    case.fails_at(9, "missing", |p| fs::remove_file(p).unwrap());
+    // A directory in place of a member.
+    let case = MemberCase::new(63);
+    case.fails_at(0, "directory", |p| {
+        fs::remove_file(p).unwrap();
+        fs::create_dir(p).unwrap();
+    });
+
+    // Lengths that do not add up to the plan: the caller's mistake, found before anything
+    // is written.
+    let mut case = MemberCase::new(64);
+    case.members[3].1 = 499;
+    let root = case.dir.path().join("object");
+    let err = commit_members_within(&case.members, &root, case.g.chunk, &case.plan).unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    assert!(!root.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_link_or_fifo_member_fails_the_commit_without_being_followed_or_waited_on() {
+    // A link to a file with exactly the bytes expected: still refused, never followed.
+    let case = MemberCase::new(66);
+    let target = case.dir.path().join("target");
+    fs::copy(&case.members[4].0, &target).unwrap();
+    case.fails_at(4, "link", |p| {
+        fs::remove_file(p).unwrap();
+        std::os::unix::fs::symlink(&target, p).unwrap();
+    });
+    // A FIFO (with no writer: opening it for reading without O_NONBLOCK would block).
+    let case = MemberCase::new(67);
+    case.fails_at(2, "fifo", |p| {
+        fs::remove_file(p).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    });
+}
+
+#[test]
+fn a_member_changing_during_the_commit_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry {
+        k: 4,
+        m: 2,
+        seg: 1 << 20,
+        chunk: 64 << 10,
+    };
+    let data = Rng::new(68).bytes(12 << 20);
+    let members = write_members(dir.path(), &data, 2 << 20, 69);
+    let plan = make_plan(data.len() as u64, g);
+    // Keep changing the modification time of a member in the middle (its length stays
+    // right) until the commit ends: its open-to-read-back window always sees a change.
+    let bad = members
+        .iter()
+        .position(|m| m.1 > (1 << 20))
+        .expect("a large member");
+    let path = members[bad].0.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toucher = {
+        let (path, stop) = (path.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+            while !stop.load(Ordering::Relaxed) {
+                t += Duration::from_secs(1);
+                file.set_modified(t).unwrap();
+            }
+        })
+    };
+    let root = dir.path().join("object");
+    let out = commit_members_within(&members, &root, g.chunk, &plan);
+    stop.store(true, Ordering::Relaxed);
+    toucher.join().unwrap();
+    let err = out.unwrap_err();
+    assert!(
+        matches!(&err, Error::SourceChanged { path: p } if p == &path),
+        "{err:?}"
+    );
+}
