@@ -34,6 +34,7 @@ from blockframe.errors import (
     BlockFrameError,
     IntegrityError,
     IsDirectoryError,
+    NotALinkError,
     NotDirectoryError,
     NotFoundError,
     ReadOnlyError,
@@ -65,6 +66,7 @@ _ERRNO: list[tuple[type[BlockFrameError], int]] = [
     (NotDirectoryError, errno.ENOTDIR),
     (ReadOnlyError, errno.EROFS),
     (IntegrityError, errno.EIO),
+    (NotALinkError, errno.EINVAL),  # what readlink(2) answers for anything but a link
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,6 +160,11 @@ class BlockFrameFS(mfusepy.Operations):
             "st_blksize": st.blksize,
             "st_blocks": (st.size + 511) // 512,
         }
+
+    @_translated
+    def readlink(self, path: str) -> str:
+        # The recorded text, never resolved: a link may point anywhere, outside included.
+        return self.view.readlink(path)
 
     @_translated
     def readdir(self, path: str, fh: int) -> list[str]:
