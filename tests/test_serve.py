@@ -122,7 +122,7 @@ def url_name(name: str) -> str:
 def raw_get(server: Server, target: str) -> tuple[int, bytes]:
     """A request line sent exactly as given (httpx would normalize `..` and `%2e`)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         reply = b""
         while chunk := s.recv(65536):
             reply += chunk
@@ -364,6 +364,7 @@ def test_health_and_metrics(served: Server) -> None:
         "blockframe_integrity_errors_total": "counter",
         "blockframe_streams_aborted_total": "counter",
         "blockframe_http_requests_total": "counter",
+        "blockframe_connections_closed_total": "counter",
         "blockframe_objects": "gauge",
     }
     assert {k.split("{")[0] for k in samples} == set(types)
