@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -45,7 +46,14 @@ def content(name: str) -> bytes:
 class Server:
     """A `blockframe serve` subprocess and its base URL (read from its log line)."""
 
-    def __init__(self, env: Env, *args: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        *args: str,
+        extra_env: dict[str, str] | None = None,
+        before: tuple[str, ...] = (),
+        fd_limit: int | None = None,
+    ) -> None:
         environ = {
             k: v
             for k, v in os.environ.items()
@@ -54,10 +62,16 @@ class Server:
         environ["XDG_CONFIG_HOME"] = str(env.root / "xdg")
         environ.update(extra_env or {})
         self.env = env
+
+        def limit() -> None:
+            if fd_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blockframe", "serve", "-p", "0", *args],
+            [sys.executable, "-m", "blockframe", *before, "serve", "-p", "0", *args],
             cwd=env.root,
             env=environ,
+            preexec_fn=limit if fd_limit is not None else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -17,6 +17,8 @@ traceback for every failed ``accept``. Here:
   headers are not complete ``header_timeout`` seconds after it started waiting for them
   (after the connection was made, or after the previous response): slowloris clients and
   idle sockets let go of their slot. A client that sent part of a request gets ``408``.
+  The same deadline holds for the rest of a request body still arriving after the response
+  was sent (this server reads no body).
 - :class:`RateLimit`, a logging filter, keeps such events from flooding the log: a message
   is logged at most a few times per interval, then one line says how many were suppressed.
 """
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Errors of accept() that mean "out of resources", not "this one connection failed".
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+BACKLOG = 2048
 ACCEPTS_PER_WAKE = 64  # connections taken from the backlog per readable event
 PAUSE = 0.5  # seconds without accepting when out of descriptors and no spare is left
 
@@ -132,13 +135,17 @@ class GuardedH11Protocol(H11Protocol):
         self.live = live
         live.add(self)
         # When this connection started waiting for request headers (None: a request is
-        # being answered), and the timer that closes it.
-        self.waiting_since: float | None = None
+        # being answered), and the timer that closes it. A new connection waits.
+        self.waiting_since: float | None = time.monotonic()
         self.partial = False  # some bytes of the awaited request have arrived
         self.deadline: asyncio.TimerHandle | None = None
+        self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        if self.dropped:  # evicted before its transport was even made
+            self.transport.close()
+            return
         self._track()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -161,13 +168,17 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport is None or self.transport.is_closing():
             self._disarm()
             return
-        if self.conn.their_state is h11.IDLE:
-            if self.waiting_since is None:
-                self.waiting_since = time.monotonic()
-                self.partial = bool(self.conn.trailing_data[0])
-                self.deadline = self.loop.call_later(
-                    self.limits.header_timeout, self._headers_too_late
-                )
+        # Waiting: for the headers of a request, or, the response already sent, for the
+        # rest of a request body nobody will read (a trickled body holds no slot either).
+        cycle = self.cycle
+        if self.conn.their_state is h11.IDLE or (cycle is not None and cycle.response_complete):
+            if self.deadline is None:
+                now = time.monotonic()
+                if self.waiting_since is None:
+                    self.waiting_since = now
+                    self.partial = bool(self.conn.trailing_data[0])
+                left = self.waiting_since + self.limits.header_timeout - now
+                self.deadline = self.loop.call_later(max(0.0, left), self._headers_too_late)
         else:
             self._disarm()
 
@@ -189,8 +200,13 @@ class GuardedH11Protocol(H11Protocol):
 
     def drop(self) -> None:
         """Close this connection now (nothing of a response is under way)."""
+        self.dropped = True
         self._disarm()
-        self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()  # what is buffered is still sent, but not for ever:
+            if transport.get_write_buffer_size():
+                self.loop.call_later(self.limits.header_timeout, transport.abort)
 
 
 class Acceptor:
@@ -212,6 +228,10 @@ class Acceptor:
         self.spare = self._take_spare()
         self.paused: asyncio.TimerHandle | None = None
         self.pending: set[asyncio.Task[Any]] = set()
+        # A deep backlog (uvicorn's 2048; the kernel caps it at somaxconn): a burst of
+        # connections waits there to be taken, and idle ones evicted, instead of being
+        # dropped by the kernel while a real client's SYN waits for a retransmission.
+        sock.listen(BACKLOG)
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._accept)
 
