@@ -78,7 +78,14 @@ KEYS = {
     "archive": ["directory"],
     "mount": ["default_mountpoint", "default_remote"],
     "cache": ["max_segments", "max_size"],
-    "server": ["default_port", "host", "token", "cors_origins"],
+    "server": [
+        "default_port",
+        "host",
+        "token",
+        "cors_origins",
+        "header_timeout",
+        "max_connections",
+    ],
     "logging": ["level"],
     "storage": [
         "segment_size",
