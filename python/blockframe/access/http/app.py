@@ -25,7 +25,11 @@ NUL or another control character is a 400, an unknown name a 404, and error bodi
 name server paths. Only GET and HEAD are served (405 otherwise). With a token (config
 ``[server] token`` or ``$BLOCKFRAME_TOKEN``, the variable winning), every request except
 ``/docs`` and ``/openapi.json`` (and the web page ``/`` with its assets under ``/ui/``, which
-asks for the token) needs ``Authorization: Bearer <token>`` (401 otherwise).
+asks for the token) needs ``Authorization: Bearer <token>`` (401 otherwise). Without a token,
+a loopback server answers only loopback ``Host`` names (400 otherwise: DNS rebinding), and a
+non-loopback address is refused unless ``allow_no_token``. HEAD verifies what GET would send
+first, so both give one status. Connections go through :mod:`.guard` (a cap, a deadline for
+request headers, no busy loop out of file descriptors).
 """
 
 from __future__ import annotations
