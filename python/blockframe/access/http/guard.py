@@ -26,12 +26,14 @@ traceback for every failed ``accept``. Here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 # Errors of accept() that mean "out of resources", not "this one connection failed".
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 BACKLOG = 2048
-ACCEPTS_PER_WAKE = 64  # connections taken from the backlog per readable event
+ACCEPTS_PER_WAKE = 64  # connections accepted and closed per shortage of descriptors
 PAUSE = 0.5  # seconds without accepting when out of descriptors and no spare is left
 
 
@@ -210,30 +212,30 @@ class GuardedH11Protocol(H11Protocol):
 
 
 class Acceptor:
-    """The accept loop of one listening socket, with the cap on connections and the
-    spare descriptor for running out of them."""
+    """The accept loop of one listening socket (a task on the event loop, through
+    ``loop.sock_accept``, which every asyncio loop offers), with the cap on connections and
+    the spare descriptor for running out of them."""
 
     def __init__(
         self,
         sock: socket.socket,
-        make: Any,
+        make: Callable[[], GuardedH11Protocol],
         limits: Limits,
         live: set[GuardedH11Protocol],
     ) -> None:
         self.sock = sock
-        self.make = make  # () -> GuardedH11Protocol
+        self.make = make
         self.limits = limits
         self.live = live
         self.loop = asyncio.get_running_loop()
         self.spare = self._take_spare()
-        self.paused: asyncio.TimerHandle | None = None
-        self.pending: set[asyncio.Task[Any]] = set()
+        self.pending: set[asyncio.Task[None]] = set()
         # A deep backlog (uvicorn's 2048; the kernel caps it at somaxconn): a burst of
         # connections waits there to be taken, and idle ones evicted, instead of being
         # dropped by the kernel while a real client's SYN waits for a retransmission.
         sock.listen(BACKLOG)
         sock.setblocking(False)
-        self.loop.add_reader(sock.fileno(), self._accept)
+        self.task = self.loop.create_task(self._run())
 
     @staticmethod
     def _take_spare() -> int | None:
@@ -243,55 +245,45 @@ class Acceptor:
             return None
 
     def close(self) -> None:
-        if self.paused is not None:
-            self.paused.cancel()
-            self.paused = None
-        else:
-            self.loop.remove_reader(self.sock.fileno())
+        self.task.cancel()
         if self.spare is not None:
             os.close(self.spare)
             self.spare = None
 
-    def _resume(self) -> None:
-        self.paused = None
-        if self.spare is None:
-            self.spare = self._take_spare()
-        self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
+    async def _run(self) -> None:
+        while True:
             try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
+                conn, _ = await self.loop.sock_accept(self.sock)
+            except (InterruptedError, ConnectionAbortedError):
+                continue
             except OSError as e:
                 if e.errno in _EXHAUSTED:
-                    self._out_of_descriptors(e)
+                    await self._out_of_descriptors(e)
                 else:
                     log.warning("accept failed: %s", e.strerror)
-                return
-            self._admit(conn)
+                    await asyncio.sleep(PAUSE)
+                continue
+            try:
+                self._admit(conn)
+            except Exception:  # a bug of ours must not stop the server accepting
+                log.exception("could not take a connection")
+                conn.close()
 
-    def _out_of_descriptors(self, e: OSError) -> None:
+    async def _out_of_descriptors(self, e: OSError) -> None:
         """Accept-and-close what waits in the backlog with the spare descriptor's room;
         without a spare, stop accepting for a moment rather than spin."""
         closed = 0
-        while self.spare is not None:
+        while self.spare is not None and closed < ACCEPTS_PER_WAKE:
             os.close(self.spare)
             self.spare = None
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                self.spare = self._take_spare()
-                break
-            except OSError:
+            except OSError:  # nothing waits (BlockingIOError), or still out
                 self.spare = self._take_spare()
                 break
             conn.close()
             closed += 1
             self.spare = self._take_spare()
-            if closed >= ACCEPTS_PER_WAKE:
-                break
         if closed:
             metrics.connections_closed.labels("out_of_descriptors").inc(closed)
         log.error(
@@ -301,8 +293,9 @@ class Acceptor:
             closed,
         )
         if self.spare is None or not closed:
-            self.loop.remove_reader(self.sock.fileno())
-            self.paused = self.loop.call_later(PAUSE, self._resume)
+            await asyncio.sleep(PAUSE)
+            if self.spare is None:
+                self.spare = self._take_spare()
 
     def _admit(self, conn: socket.socket) -> None:
         if len(self.live) >= self.limits.max_connections:
@@ -369,5 +362,7 @@ class GuardedServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.acceptor is not None:
             self.acceptor.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.acceptor.task
             self.acceptor = None
         await super().shutdown(sockets=[])
