@@ -224,6 +224,15 @@ def test_bad_header_timeouts_are_one_line_errors(isolated: Path, value: str, mes
     assert "\n" not in text
 
 
+def test_bad_send_timeout_is_a_one_line_error(isolated: Path) -> None:
+    (isolated / "config.toml").write_text("[server]\nsend_timeout = 0\n")
+    with pytest.raises(ConfigError, match=r"server\.send_timeout"):
+        load_config()
+    (isolated / "config.toml").write_text("[server]\nsend_timeout = 5\n")
+    assert load_config().server_send_timeout == 5.0
+    assert Config().server_send_timeout == 60.0
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "1000001", '"many"', "1.5"])
 def test_bad_max_connections_are_one_line_errors(isolated: Path, value: str) -> None:
     (isolated / "config.toml").write_text(f"[server]\nmax_connections = {value}\n")

@@ -189,6 +189,36 @@ def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503_at_once(
     assert metric(server, 'blockframe_connections_closed_total{reason="limit"}') == 1
 
 
+def test_a_client_that_stops_reading_is_dropped_after_send_timeout(
+    env: Env, stopper: Callable[[Server], None]
+) -> None:
+    src = env.file("big.bin", 2_500_000, seed=3)
+    env.archive.commit(src, "big.bin")
+    configure(env, send_timeout=1)
+    server = Server(env)
+    stopper(server)
+    reason = 'blockframe_connections_closed_total{reason="send_timeout"}'
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET /api/files/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+        deadline = time.monotonic() + 15
+        while metric(server, reason) < 1:
+            assert time.monotonic() < deadline, "a client that reads nothing was kept"
+            time.sleep(0.1)
+        # What it gets now ends early: the connection was dropped.
+        s.settimeout(10)
+        got = 0
+        try:
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < 4 * 2_500_000
+    assert served_ok(server) < 5
+    assert logged(server, "read nothing for 1 s")
+
+
 def test_a_client_that_never_finishes_its_headers_is_cut_at_header_timeout(
     env: Env, stopper: Callable[[Server], None]
 ) -> None:

@@ -337,6 +337,7 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         cors_origins=cfg.server_cors_origins,
         cache_bytes=min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20),
         header_timeout=cfg.server_header_timeout,
+        send_timeout=cfg.server_send_timeout,
         max_connections=cfg.server_max_connections,
         allow_no_token=args.allow_no_token,
     )

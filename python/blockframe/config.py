@@ -164,6 +164,9 @@ class Config:
     # Seconds a client has to send complete request headers (on a new connection, or after
     # the previous response) before serve closes the connection.
     server_header_timeout: float = 10.0
+    # Seconds serve waits, unable to send, for a client that reads nothing before it drops
+    # the connection.
+    server_send_timeout: float = 60.0
     # Connections serve holds at once; at the cap, the one idle longest is closed for a
     # newcomer (503 when every one is busy with a request).
     server_max_connections: int = 256
@@ -186,6 +189,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "token": "str",
         "cors_origins": "strlist",
         "header_timeout": "seconds",
+        "send_timeout": "seconds",
         "max_connections": "int",
     },
     "logging": {"level": "str"},
@@ -346,6 +350,7 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
         server_token=check_token(values.get("server.token", ""), f"{path}: server.token"),
         server_cors_origins=values.get("server.cors_origins", ()),
         server_header_timeout=values.get("server.header_timeout", defaults.server_header_timeout),
+        server_send_timeout=values.get("server.send_timeout", defaults.server_send_timeout),
         server_max_connections=max_connections,
         logging_level=level,
         storage=storage,

@@ -84,6 +84,7 @@ KEYS = {
         "token",
         "cors_origins",
         "header_timeout",
+        "send_timeout",
         "max_connections",
     ],
     "logging": ["level"],

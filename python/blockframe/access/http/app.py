@@ -77,6 +77,7 @@ class ServerOptions:
     cors_origins: tuple[str, ...] = ()
     cache_bytes: int = 256 << 20
     header_timeout: float = 10.0  # seconds to send complete request headers
+    send_timeout: float = 60.0  # seconds a client may read nothing while we wait to send
     max_connections: int = 256  # connections held at once
     allow_no_token: bool = False  # serve a non-loopback address without a token
 
@@ -207,7 +208,7 @@ def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None
                 "the archive",
                 url,
             )
-        limits = Limits(options.max_connections, options.header_timeout)
+        limits = Limits(options.max_connections, options.header_timeout, options.send_timeout)
         with quiet_signals():
             GuardedServer(config, sock, limits).run()
         sock.close()

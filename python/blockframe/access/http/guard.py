@@ -19,6 +19,9 @@ traceback for every failed ``accept``. Here:
   idle sockets let go of their slot. A client that sent part of a request gets ``408``.
   The same deadline holds for the rest of a request body still arriving after the response
   was sent (this server reads no body).
+- The same protocol drops a connection whose client has read nothing for
+  ``send_timeout`` seconds while the server waited to send (a slow-read client would hold
+  its slot, and the object open, for ever).
 - :class:`RateLimit`, a logging filter, keeps such events from flooding the log: a message
   is logged at most a few times per interval, then one line says how many were suppressed.
 """
@@ -68,12 +71,16 @@ _TIMEOUT = _answer(b"408 Request Timeout", "request headers not received in time
 
 
 class Limits:
-    """What a connection may hold: ``max_connections`` at once, and ``header_timeout``
-    seconds to send complete request headers."""
+    """What a connection may hold: ``max_connections`` at once, ``header_timeout`` seconds
+    to send complete request headers, and ``send_timeout`` seconds during which the server
+    waits, unable to send, for a client to read before it drops the connection."""
 
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    def __init__(
+        self, max_connections: int, header_timeout: float, send_timeout: float = 60.0
+    ) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
 
 
 class RateLimit(logging.Filter):
@@ -142,6 +149,7 @@ class GuardedH11Protocol(H11Protocol):
         self.partial = False  # some bytes of the awaited request have arrived
         self.deadline: asyncio.TimerHandle | None = None
         self.dropped = False
+        self.stalled: asyncio.TimerHandle | None = None  # closes a reader that stopped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -153,7 +161,29 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.live.discard(self)
         self._disarm()
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The transport holds more than it may: the client is not reading. It has
+        ``send_timeout`` seconds to read enough that writing resumes."""
+        super().pause_writing()
+        if self.stalled is None:
+            self.stalled = self.loop.call_later(self.limits.send_timeout, self._reader_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+
+    def _reader_stalled(self) -> None:
+        self.stalled = None
+        metrics.connections_closed.labels("send_timeout").inc()
+        log.warning("a client read nothing for %g s: connection dropped", self.limits.send_timeout)
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.waiting_since is not None:
@@ -208,7 +238,7 @@ class GuardedH11Protocol(H11Protocol):
         if transport is not None:
             transport.close()  # what is buffered is still sent, but not for ever:
             if transport.get_write_buffer_size():
-                self.loop.call_later(self.limits.header_timeout, transport.abort)
+                self.loop.call_later(self.limits.send_timeout, transport.abort)
 
 
 class Acceptor:
