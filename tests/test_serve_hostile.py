@@ -7,6 +7,7 @@ what GET answers for an object damaged beyond parity."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -20,6 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 from test_serve import FILES, Server, build, content
+
+from blockframe.access.http.edge import loopback_name
+from blockframe.access.http.guard import RateLimit
 
 from conftest import CONFIG_TOML, Env, data
 
@@ -505,3 +509,50 @@ def test_head_and_get_agree_on_an_object_damaged_beyond_parity(
         # An intact range and an intact object agree too.
         r = c.head("/api/files/dir/sub/t3.bin", headers={"Range": "bytes=0-9"})
         assert r.status_code == 206 and r.headers["content-length"] == "10"
+
+
+# -- the pieces on their own ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        (b"localhost", True),
+        (b"LocalHost:8080", True),
+        (b"127.0.0.1", True),
+        (b"127.0.0.1:1", True),
+        (b"127.255.0.9:80", True),
+        (b"[::1]", True),
+        (b"[::1]:8080", True),
+        (b" localhost ", True),
+        (b"localhost.", False),
+        (b"localhost:", False),
+        (b"localhost:80:80", False),
+        (b"::1", False),  # an IPv6 Host must be bracketed
+        (b"[::1", False),
+        (b"[::1]:", False),
+        (b"[::1]8080", False),
+        (b"[127.0.0.1]", False),
+        (b"0.0.0.0", False),
+        (b"evil.example", False),
+        (b"127.0.0.1.evil.example", False),
+        (b"", False),
+        (b"\xff", False),
+    ],
+)
+def test_loopback_host_names(host: bytes, ok: bool) -> None:
+    assert loopback_name(host) is ok
+
+
+def test_the_rate_limit_keeps_a_burst_and_counts_the_rest() -> None:
+    limit = RateLimit(burst=3, interval=0.2)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, msg, (), None)
+
+    kept = [limit.filter(record("out of file descriptors")) for _ in range(100)]
+    assert kept.count(True) == 3
+    assert limit.filter(record("another message"))  # counted per message
+    time.sleep(0.25)
+    r = record("out of file descriptors")
+    assert limit.filter(r) and "97 similar messages suppressed" in r.getMessage()

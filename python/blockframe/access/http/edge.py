@@ -31,6 +31,8 @@ def loopback_name(host: bytes) -> bool:
         inside, bracket, port = name[1:].partition(b"]")
         if not bracket or (port and not (port.startswith(b":") and port[1:].isdigit())):
             return False
+        if b":" not in inside:  # brackets hold an IPv6 address only
+            return False
         name = inside
     else:
         bare, colon, port = name.rpartition(b":")
