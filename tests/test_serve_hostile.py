@@ -324,6 +324,22 @@ def test_out_of_file_descriptors_closes_at_accept_without_flooding_the_log(
     assert len(server.log) < 30, server.log
 
 
+def test_a_flood_of_malformed_requests_does_not_flood_the_log(
+    env: Env, stopper: Callable[[Server], None]
+) -> None:
+    server = Server(env)
+    stopper(server)
+    for _ in range(300):
+        with connect(server.port) as s:
+            s.sendall(b"\x00\x01 garbage\r\n\r\n")
+            done, reply = closed_within(s, 5)
+            assert done and reply.startswith(b"HTTP/1.1 400 ")
+    assert served_ok(server) < 5
+    assert logged(server, "Invalid HTTP request")
+    invalid = [x for x in server.log if "Invalid HTTP request" in x]
+    assert len(invalid) <= 6, len(invalid)  # 5 a burst, and later one line with a count
+
+
 # -- item 11: Host and bind address ----------------------------------------------------------
 
 
