@@ -1,4 +1,4 @@
-"""The server's edge: the listening socket, the read-only and bearer-token gate, and the
+"""The server's edge: the listening socket, the read-only, bearer-token and Host gate, and the
 outermost layer that counts answers by status and turns an aborted response into a
 closed connection."""
 
