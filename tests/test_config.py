@@ -191,3 +191,65 @@ def test_a_token_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("BLOCKFRAME_TOKEN", "abc\n")
     with pytest.raises(ConfigError, match="BLOCKFRAME_TOKEN"):
         token_from("x")
+
+
+def test_server_header_timeout_and_max_connections(isolated: Path) -> None:
+    assert (Config().server_header_timeout, Config().server_max_connections) == (10.0, 256)
+    (isolated / "config.toml").write_text("[server]\nheader_timeout = 0.5\nmax_connections = 8\n")
+    cfg = load_config()
+    assert (cfg.server_header_timeout, cfg.server_max_connections) == (0.5, 8)
+    (isolated / "config.toml").write_text("[server]\nheader_timeout = 30\n")
+    assert load_config().server_header_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "more than 0"),
+        ("-1", "more than 0"),
+        ("nan", "more than 0"),
+        ("inf", "more than 0"),
+        ("86401", "at most 86400"),
+        ('"10s"', "expected a number of seconds"),
+        ("true", "expected a number of seconds"),
+        ("[1]", "expected a number of seconds"),
+    ],
+)
+def test_bad_header_timeouts_are_one_line_errors(isolated: Path, value: str, message: str) -> None:
+    (isolated / "config.toml").write_text(f"[server]\nheader_timeout = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    text = str(e.value)
+    assert "config.toml" in text and "server.header_timeout" in text and message in text
+    assert "\n" not in text
+
+
+def test_bad_send_timeout_is_a_one_line_error(isolated: Path) -> None:
+    (isolated / "config.toml").write_text("[server]\nsend_timeout = 0\n")
+    with pytest.raises(ConfigError, match=r"server\.send_timeout"):
+        load_config()
+    (isolated / "config.toml").write_text("[server]\nsend_timeout = 5\n")
+    assert load_config().server_send_timeout == 5.0
+    assert Config().server_send_timeout == 60.0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1000001", '"many"', "1.5"])
+def test_bad_max_connections_are_one_line_errors(isolated: Path, value: str) -> None:
+    (isolated / "config.toml").write_text(f"[server]\nmax_connections = {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config()
+    assert "server.max_connections" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_header_timeout_exits_2_from_serve(isolated: Path) -> None:
+    import subprocess
+    import sys
+
+    (isolated / "config.toml").write_text("[server]\nheader_timeout = -1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "blockframe", "serve", "-p", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count(b"\n") == 1 and b"server.header_timeout" in r.stderr

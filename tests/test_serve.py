@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -46,7 +47,14 @@ def content(name: str) -> bytes:
 class Server:
     """A `blockframe serve` subprocess and its base URL (read from its log line)."""
 
-    def __init__(self, env: Env, *args: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        *args: str,
+        extra_env: dict[str, str] | None = None,
+        before: tuple[str, ...] = (),
+        fd_limit: int | None = None,
+    ) -> None:
         environ = {
             k: v
             for k, v in os.environ.items()
@@ -55,10 +63,16 @@ class Server:
         environ["XDG_CONFIG_HOME"] = str(env.root / "xdg")
         environ.update(extra_env or {})
         self.env = env
+
+        def limit() -> None:
+            if fd_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blockframe", "serve", "-p", "0", *args],
+            [sys.executable, "-m", "blockframe", *before, "serve", "-p", "0", *args],
             cwd=env.root,
             env=environ,
+            preexec_fn=limit if fd_limit is not None else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -123,7 +137,7 @@ def url_name(name: str) -> str:
 def raw_get(server: Server, target: str) -> tuple[int, bytes]:
     """A request line sent exactly as given (httpx would normalize `..` and `%2e`)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         reply = b""
         while chunk := s.recv(65536):
             reply += chunk
@@ -369,6 +383,7 @@ def test_health_and_metrics(served: Server) -> None:
         "blockframe_integrity_errors_total": "counter",
         "blockframe_streams_aborted_total": "counter",
         "blockframe_http_requests_total": "counter",
+        "blockframe_connections_closed_total": "counter",
         "blockframe_objects": "gauge",
     }
     assert {k.split("{")[0] for k in samples} == set(types)

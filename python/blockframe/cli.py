@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("-a", "--archive", metavar="DIR")
     sv.add_argument("-p", "--port", type=int, metavar="PORT", help="default: server.default_port")
     sv.add_argument("--host", metavar="HOST", help="bind address (default: server.host, 127.0.0.1)")
+    sv.add_argument(
+        "--allow-no-token",
+        action="store_true",
+        help="serve a non-loopback address without a token (anyone who reaches it reads all)",
+    )
 
     h = sub.add_parser("health", help="scrub, repair and report the whole archive")
     h.add_argument("-a", "--archive", metavar="DIR")
@@ -335,7 +340,12 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         token=token_from(cfg.server_token),
         cors_origins=cfg.server_cors_origins,
         cache_bytes=min(cfg.cache_max_size, cfg.cache_max_segments * 32 * 2**20),
+        header_timeout=cfg.server_header_timeout,
+        send_timeout=cfg.server_send_timeout,
+        max_connections=cfg.server_max_connections,
+        allow_no_token=args.allow_no_token,
     )
+    serve.check_exposure(options)  # before the archive is opened or anything bound
     serve.run(_archive(cfg, args), options, verbose=args.verbose)
     print("blockframe: server stopped", file=sys.stderr)
     return 0

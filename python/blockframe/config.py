@@ -29,6 +29,8 @@ TOKEN_ENV = "BLOCKFRAME_TOKEN"
 
 # Sizes beyond this (8 EiB) are no size a disk, a cache or the core's 64-bit counters hold.
 MAX_SIZE = 2**63 - 1
+# Longest timeout a config may set (a day): beyond, it is no timeout at all.
+MAX_SECONDS = 86400
 # What an HTTP client can present in "Authorization: Bearer <token>": visible ASCII, and no
 # space at either end (header values are trimmed on the way).
 _TOKEN = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
@@ -159,6 +161,15 @@ class Config:
     server_host: str = "127.0.0.1"
     server_token: str = ""
     server_cors_origins: tuple[str, ...] = ()
+    # Seconds a client has to send complete request headers (on a new connection, or after
+    # the previous response) before serve closes the connection.
+    server_header_timeout: float = 10.0
+    # Seconds serve waits, unable to send, for a client that reads nothing before it drops
+    # the connection.
+    server_send_timeout: float = 60.0
+    # Connections serve holds at once; at the cap, the one idle longest is closed for a
+    # newcomer (503 when every one is busy with a request).
+    server_max_connections: int = 256
     logging_level: str = "info"
     storage: StorageConfig = field(default_factory=StorageConfig)
     source: Path | None = None
@@ -172,7 +183,15 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "s3": {"endpoint": "str", "region": "str", "access_key_id": "str", "secret_access_key": "str"},
     "mount": {"default_mountpoint": "path", "default_remote": "str"},
     "cache": {"max_segments": "int", "max_size": "size"},
-    "server": {"default_port": "int", "host": "str", "token": "str", "cors_origins": "strlist"},
+    "server": {
+        "default_port": "int",
+        "host": "str",
+        "token": "str",
+        "cors_origins": "strlist",
+        "header_timeout": "seconds",
+        "send_timeout": "seconds",
+        "max_connections": "int",
+    },
     "logging": {"level": "str"},
     "storage": {
         "segment_size": "size",
@@ -239,6 +258,12 @@ def _value(kind: str, value: Any, what: str, base: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{what}: expected an integer, got {value!r}")
         return value
+    if kind == "seconds":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{what}: expected a number of seconds, got {value!r}")
+        if not 0 < value <= MAX_SECONDS:  # also refuses nan
+            raise ConfigError(f"{what}: must be more than 0 and at most {MAX_SECONDS} seconds")
+        return float(value)
     if kind == "locations":
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{what}: expected a non-empty list of directories or s3:// URLs")
@@ -290,6 +315,11 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
     if not 0 <= port < 65536:
         # 0: any free port, chosen when the server starts (it prints the one it got).
         raise ConfigError(f"{path}: server.default_port must be 0-65535, got {port}")
+    max_connections = values.get("server.max_connections", Config.server_max_connections)
+    if not 1 <= max_connections <= 1_000_000:
+        raise ConfigError(
+            f"{path}: server.max_connections must be 1-1000000, got {max_connections}"
+        )
     for key in ("cache.max_segments",):
         if values.get(key, 1) < 0:
             raise ConfigError(f"{path}: {key} cannot be negative")
@@ -319,6 +349,9 @@ def config_from_mapping(data: Mapping[str, Any], path: Path) -> Config:
         server_host=values.get("server.host", defaults.server_host),
         server_token=check_token(values.get("server.token", ""), f"{path}: server.token"),
         server_cors_origins=values.get("server.cors_origins", ()),
+        server_header_timeout=values.get("server.header_timeout", defaults.server_header_timeout),
+        server_send_timeout=values.get("server.send_timeout", defaults.server_send_timeout),
+        server_max_connections=max_connections,
         logging_level=level,
         storage=storage,
         source=path,

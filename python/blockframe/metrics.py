@@ -53,6 +53,17 @@ http_requests = Counter(
     ["status"],
     registry=REGISTRY,
 )
+connections_closed = Counter(
+    "blockframe_connections_closed",
+    "Connections serve closed to protect itself, by reason: header_timeout (request "
+    "headers too slow), evicted (idle, to make room at the cap), limit (at the cap with "
+    "every connection busy: 503), out_of_descriptors (closed at accept), send_timeout (the "
+    "client stopped reading).",
+    ["reason"],
+    registry=REGISTRY,
+)
+for _reason in ("header_timeout", "evicted", "limit", "out_of_descriptors", "send_timeout"):
+    connections_closed.labels(_reason)  # every reason exposed from the start, at 0
 objects = Gauge("blockframe_objects", "Objects served.", registry=REGISTRY)
 
 

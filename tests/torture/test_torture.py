@@ -78,7 +78,15 @@ KEYS = {
     "archive": ["directory"],
     "mount": ["default_mountpoint", "default_remote"],
     "cache": ["max_segments", "max_size"],
-    "server": ["default_port", "host", "token", "cors_origins"],
+    "server": [
+        "default_port",
+        "host",
+        "token",
+        "cors_origins",
+        "header_timeout",
+        "send_timeout",
+        "max_connections",
+    ],
     "logging": ["level"],
     "storage": [
         "segment_size",
@@ -212,7 +220,7 @@ def raw_request(port: int, method: str, target: str, headers: dict[str, str]) ->
     """Send the request line as given (quoted only where HTTP forbids the byte) and read the
     whole answer with a timeout: a hang fails the test."""
     safe = "".join(c if 33 <= ord(c) < 127 else f"%{ord(c):02X}" for c in target)
-    head = f"{method} {safe} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head = f"{method} {safe} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
         s.sendall((head + "\r\n").encode("latin-1"))

@@ -25,7 +25,11 @@ NUL or another control character is a 400, an unknown name a 404, and error bodi
 name server paths. Only GET and HEAD are served (405 otherwise). With a token (config
 ``[server] token`` or ``$BLOCKFRAME_TOKEN``, the variable winning), every request except
 ``/docs`` and ``/openapi.json`` (and the web page ``/`` with its assets under ``/ui/``, which
-asks for the token) needs ``Authorization: Bearer <token>`` (401 otherwise).
+asks for the token) needs ``Authorization: Bearer <token>`` (401 otherwise). Without a token,
+a loopback server answers only loopback ``Host`` names (400 otherwise: DNS rebinding), and a
+non-loopback address is refused unless ``allow_no_token``. HEAD verifies what GET would send
+first, so both give one status. Connections go through :mod:`.guard` (a cap, a deadline for
+request headers, no busy loop out of file descriptors).
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ from blockframe.access.http.catalog import Catalog
 from blockframe.access.http.edge import Edge, Gate, is_loopback, listen, quiet_signals
 from blockframe.access.http.errors import HANDLERS
 from blockframe.access.http.files import file_response, shard_response
+from blockframe.access.http.guard import GuardedServer, Limits, rate_limit_logs
 from blockframe.access.http.openapi import DOCS_PAGE, openapi, swagger_ui_dir
 from blockframe.archive import Archive
+from blockframe.errors import UsageError
+from blockframe.format.pin import pin_of
 
-__all__ = ["Server", "ServerOptions", "run"]
+__all__ = ["Server", "ServerOptions", "check_exposure", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,10 @@ class ServerOptions:
     token: str = ""
     cors_origins: tuple[str, ...] = ()
     cache_bytes: int = 256 << 20
+    header_timeout: float = 10.0  # seconds to send complete request headers
+    send_timeout: float = 60.0  # seconds a client may read nothing while we wait to send
+    max_connections: int = 256  # connections held at once
+    allow_no_token: bool = False  # serve a non-loopback address without a token
 
 
 class Server:
@@ -138,7 +149,7 @@ class Server:
             Mount("/ui", StaticFiles(directory=WEB_DIR), name="ui"),
         ]
         app: ASGIApp = Starlette(routes=routes, exception_handlers=HANDLERS)
-        app = Gate(app, self.options.token)
+        app = Gate(app, self.options.token, loopback_only=is_loopback(self.options.host))
         if self.options.cors_origins:
             app = CORSMiddleware(
                 app,
@@ -150,8 +161,18 @@ class Server:
         return Edge(app)
 
 
+def check_exposure(options: ServerOptions) -> None:
+    """Refuse to serve a non-loopback address without a token unless asked to."""
+    if not options.token and not is_loopback(options.host) and not options.allow_no_token:
+        raise UsageError(
+            f"refusing to serve {options.host} without a token: anyone who can reach it could "
+            f"read the archive (set BLOCKFRAME_TOKEN or [server] token, or pass --allow-no-token)"
+        )
+
+
 def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None:
     """Serve ``archive`` until SIGINT or SIGTERM, then finish queued repairs and return."""
+    check_exposure(options)
     catalog = Catalog(archive, options.cache_bytes)
     try:
         sock = listen(options.host, options.port)
@@ -161,6 +182,9 @@ def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None
         url = f"http://{shown}:{port}"
         config = uvicorn.Config(
             server.app(),
+            http="h11",
+            ws="none",
+            loop="asyncio",
             log_config=None,
             log_level=logging.DEBUG if verbose else logging.WARNING,
             access_log=verbose,
@@ -168,11 +192,25 @@ def run(archive: Archive, options: ServerOptions, verbose: bool = False) -> None
             server_header=False,
             timeout_graceful_shutdown=5,
         )
+        rate_limit_logs()
         log.info("serving %s at %s (API docs: %s/docs)", archive.location, url, url)
+        entries = catalog.entries()
+        log.info(
+            "pin: %s (%d objects; clients: mount --remote %s --pin PIN)",
+            pin_of(e.manifest for e in entries),
+            len(entries),
+            url,
+        )
         if not options.token and not is_loopback(host):
-            log.warning("no token set: anyone who can reach %s can read the archive", url)
+            # An error-level line, so that -q does not hide it.
+            log.error(
+                "warning: no token set (--allow-no-token): anyone who can reach %s can read "
+                "the archive",
+                url,
+            )
+        limits = Limits(options.max_connections, options.header_timeout, options.send_timeout)
         with quiet_signals():
-            uvicorn.Server(config).run(sockets=[sock])
+            GuardedServer(config, sock, limits).run()
         sock.close()
     finally:
         catalog.close()

@@ -1,4 +1,4 @@
-"""The server's edge: the listening socket, the read-only and bearer-token gate, and the
+"""The server's edge: the listening socket, the read-only, bearer-token and Host gate, and the
 outermost layer that counts answers by status and turns an aborted response into a
 closed connection."""
 
@@ -23,12 +23,48 @@ PUBLIC_PATHS = ("/", "/docs", "/openapi.json")  # and everything under /docs/ an
 PUBLIC_PREFIXES = ("/docs/", "/ui/")
 
 
-class Gate:
-    """Read-only (GET and HEAD, else 405) and, with a token, bearer authentication."""
+def loopback_name(host: bytes) -> bool:
+    """Whether a Host header value names this machine's loopback: ``localhost``, a loopback
+    address (``127.0.0.1``, ``[::1]``), with or without a port."""
+    name = host.strip().lower()
+    if name.startswith(b"["):
+        inside, bracket, port = name[1:].partition(b"]")
+        if not bracket or (port and not (port.startswith(b":") and port[1:].isdigit())):
+            return False
+        if b":" not in inside:  # brackets hold an IPv6 address only
+            return False
+        name = inside
+    else:
+        bare, colon, port = name.rpartition(b":")
+        if colon:
+            if not port.isdigit():
+                return False
+            name = bare
+    if name == b"localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.decode("ascii")).is_loopback
+    except (ValueError, UnicodeDecodeError):
+        return False
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+
+class Gate:
+    """Read-only (GET and HEAD, else 405) and, with a token, bearer authentication.
+    Without a token on a loopback address (``loopback_only``), only requests whose Host
+    names the loopback are answered (400 otherwise): a web page in a browser on this
+    machine that rebinds its own DNS name to 127.0.0.1 still sends its own name as Host,
+    so it cannot read the archive."""
+
+    def __init__(self, app: ASGIApp, token: str, loopback_only: bool = False) -> None:
         self.app = app
         self.digest = hashlib.sha256(token.encode()).digest() if token else None
+        self.loopback_only = loopback_only and not token
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        for key, value in scope["headers"]:
+            if key == b"host":
+                return loopback_name(value)
+        return True  # no Host (HTTP/1.0): not a browser, nothing to rebind
 
     def _authorized(self, scope: Scope) -> bool:
         for key, value in scope["headers"]:
@@ -43,6 +79,14 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            if self.loopback_only and not self._host_allowed(scope):
+                response = error(
+                    400,
+                    "Host is not a loopback name (localhost, 127.0.0.1, [::1]): "
+                    "without a token this server answers only its own machine",
+                )
+                await response(scope, receive, send)
+                return
             if scope["method"] not in ("GET", "HEAD"):
                 response = error(405, "read-only server: only GET and HEAD", {"allow": "GET, HEAD"})
                 await response(scope, receive, send)

@@ -48,18 +48,20 @@ async def file_response(catalog: Catalog, request: Request, entry: Entry) -> Res
         return unsatisfiable(size)
     status, headers = span_headers(size, span)
     headers["etag"] = etag
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type=OCTET)
     start, end = span or (0, size)
     view = catalog.view
     handle = await run_in_threadpool(catalog.open, entry)
     try:
+        # HEAD verifies the first piece exactly as GET does, so both give one status.
         first = await run_in_threadpool(view.read, handle, start, min(PIECE, end - start))
     except BaseException as e:
         view.release(handle)
         if isinstance(e, IntegrityError):
             metrics.integrity_errors.inc()
         raise
+    if request.method == "HEAD":
+        view.release(handle)
+        return Response(status_code=status, headers=headers, media_type=OCTET)
 
     async def rest() -> AsyncIterator[bytes]:
         pos = start + len(first)
