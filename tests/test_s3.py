@@ -327,3 +327,48 @@ def test_source_changed_during_a_bucket_commit_leaves_nothing_visible(
     assert report.exit_code == 0 and [x.action for x in report.leftovers] == ["removed"]
     assert seaweedfs.volume(url).listdir() == [".blockframe"]  # just the volume label
     assert open_archive_at([url], SMALL, s3).commit(src).status == "committed"
+
+
+# -- one commit at a time ------------------------------------------------------------------
+
+
+def test_a_bucket_creates_a_key_only_if_it_is_not_there(bucket_archive: S3Env) -> None:
+    vol = bucket_archive.volume(0)
+    assert vol.create_new("probe/lock", b"first")
+    assert not vol.create_new("probe/lock", b"second")
+    assert vol.read("probe/lock") == b"first"
+
+
+def test_commits_to_a_bucket_publish_one_at_a_time(bucket_archive: S3Env) -> None:
+    from test_races import held
+
+    env = bucket_archive
+    lock = ".blockframe/commit.lock"
+    (env.root / "new.bin").write_bytes(content("t2.bin")[::-1])
+    (env.root / "other.bin").write_bytes(content("t1.bin")[::-1])
+    with held(env.root, "commit:locked", "commit", "-f", "new.bin") as first:
+        assert json.loads(env.volume(0).read(lock) or b"{}")["holder"]
+        second = subprocess.Popen(
+            [sys.executable, "-m", "blockframe", "commit", "-f", "other.bin"],
+            cwd=env.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("BLOCKFRAME_")},
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            second.wait(timeout=3)  # waits for the bucket's lock
+    assert first.wait(timeout=120) == 0
+    assert second.wait(timeout=120) == 0, second.communicate()
+    assert env.volume(0).read(lock) is None  # released
+    assert {"new.bin", "other.bin"} <= set(env.listing())
+
+
+def test_a_stale_bucket_lock_is_broken(bucket_archive: S3Env) -> None:
+    env = bucket_archive
+    left = {"holder": "dead", "host": "gone", "since": time.time() - 3600}
+    env.volume(0).write(".blockframe/commit.lock", json.dumps(left).encode())
+    (env.root / "new.bin").write_bytes(b"after a crash" * 100)
+    r = env.run("commit", "-f", "new.bin")
+    assert r.returncode == 0, r.stderr
+    assert b"breaking a commit lock" in r.stderr and b"gone" in r.stderr
+    assert env.volume(0).read(".blockframe/commit.lock") is None

@@ -46,7 +46,7 @@ from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.format.names import dirname_for
 from blockframe.storage.local import fsync_dir, read_regular, write_new
-from blockframe.storage.lock import commit_lock
+from blockframe.storage.lock import bucket_lock, commit_lock
 from blockframe.storage.volumes import REMOVING, VolumeSet, adapted_storage, place
 from blockframe.testhook import crash_in_progress, crash_point
 
@@ -297,13 +297,20 @@ class VolumeBackend:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """The commit lock of every present local volume, in index order (buckets: one
-        commit per name is what their conditional manifest writes ensure)."""
+        """The commit lock of every present volume, in index order: a local volume's
+        flock, a bucket's lock object made by a conditional put."""
         with contextlib.ExitStack() as stack:
             for _, vol in self.volumes.present_volumes():
                 local = vol.local_path()
                 if local is not None:
                     stack.enter_context(commit_lock(local))
+                else:
+                    try:
+                        stack.enter_context(bucket_lock(vol))
+                    except OSError as e:
+                        raise ArchiveError(
+                            f"{vol.location}: cannot take the commit lock: {e}"
+                        ) from None
             yield
 
     def _check_free(self, dirname: str, present: list[int]) -> None:

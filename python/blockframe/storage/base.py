@@ -87,6 +87,11 @@ class Volume(ABC):
         never a part) and durably, creating parent directories as needed."""
 
     @abstractmethod
+    def create_new(self, rel: str, data: bytes) -> bool:
+        """Store ``data`` at ``rel`` only if nothing is there, in one step (a lock's way
+        to be taken); False if something is."""
+
+    @abstractmethod
     def get_range(self, rel: str, start: int, length: int) -> bytes | None:
         """Bytes ``[start, start + length)`` of the file: shorter at the end of the file,
         ``b""`` at or after its end, ``None`` if the file does not exist."""

@@ -196,6 +196,16 @@ class LocalVolume(Volume):
         """Temporary file in the same directory, fsync, rename, fsync the directory."""
         self._atomic(rel, lambda tmp: write_new(tmp, data))
 
+    def create_new(self, rel: str, data: bytes) -> bool:
+        """``O_CREAT | O_EXCL``, never through a link."""
+        path = self._path(rel)
+        self._makedirs(path.parent)
+        try:
+            write_new(path, data)
+        except FileExistsError:
+            return False
+        return True
+
     def get_range(self, rel: str, start: int, length: int) -> bytes | None:
         """Bytes ``[start, start + length)``; ``b""`` past the end; ``None`` if missing."""
         check_range(start, length)

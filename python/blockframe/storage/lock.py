@@ -6,18 +6,40 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
+import socket
 import stat
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["COMMIT_LOCK", "STATE_DIR", "check_state_dir", "commit_lock", "dir_lock"]
+from blockframe.storage.base import Volume
+
+__all__ = [
+    "COMMIT_LOCK",
+    "STATE_DIR",
+    "bucket_lock",
+    "check_state_dir",
+    "commit_lock",
+    "dir_lock",
+]
 
 STATE_DIR = ".blockframe"
 COMMIT_LOCK = "commit.lock"
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+log = logging.getLogger(__name__)
+
+# A bucket's lock held longer than this was left by a commit that died: publishing takes
+# seconds, not minutes.
+BUCKET_LOCK_STALE = 600.0
+# How long a commit waits for a bucket's lock before giving up.
+BUCKET_LOCK_WAIT = 900.0
 
 
 def check_state_dir(path: Path) -> None:
@@ -101,3 +123,59 @@ def commit_lock(root: Path) -> Iterator[None]:
         except OSError as e:
             raise ArchiveError(f"{root}: cannot take the commit lock: {e}") from None
         yield
+
+
+@contextlib.contextmanager
+def bucket_lock(
+    vol: Volume,
+    stale: float = BUCKET_LOCK_STALE,
+    wait: float = BUCKET_LOCK_WAIT,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """The commit lock of a bucket: ``.blockframe/commit.lock`` created by a conditional
+    put (``If-None-Match: *``), so that commits from different machines publish one at a
+    time; removed when done. A lock older than ``stale`` seconds (its commit died) is
+    broken; one held longer than ``wait`` seconds is an ArchiveError."""
+    from blockframe.errors import ArchiveError
+
+    rel = f"{STATE_DIR}/{COMMIT_LOCK}"
+    me = uuid.uuid4().hex
+    body = json.dumps({"holder": me, "host": socket.gethostname(), "since": clock()}).encode()
+    deadline = clock() + wait
+    while True:
+        # A store that ignored the condition let the last writer win: only the holder whose
+        # token is there holds the lock.
+        if vol.create_new(rel, body) and vol.read(rel, 4096) == body:
+            break
+        held = _holder(vol.read(rel, 4096))
+        since = held.get("since")
+        if isinstance(since, int | float) and clock() - since > stale:
+            log.warning(
+                "%s: breaking a commit lock left %.0f s ago by %s",
+                vol.location,
+                clock() - since,
+                held.get("host", "?"),
+            )
+            vol.remove(rel)
+            continue
+        if clock() > deadline:
+            raise ArchiveError(
+                f"{vol.location}: the commit lock is held by {held.get('host', '?')} "
+                f"(remove {rel} if no commit is running)"
+            )
+        sleep(0.2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if vol.read(rel, 4096) == body:
+                vol.remove(rel)
+
+
+def _holder(raw: bytes | None) -> dict[str, object]:
+    try:
+        doc = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

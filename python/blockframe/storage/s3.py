@@ -305,6 +305,22 @@ class S3Volume(Volume):
         except (botocore.exceptions.ClientError, *_BOTO_ERRORS) as e:
             self._fail(e, "write", rel)
 
+    def create_new(self, rel: str, data: bytes) -> bool:
+        """Store ``data`` at ``rel`` only if nothing is there (a conditional put,
+        ``If-None-Match: *``); False if something is."""
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(rel), Body=data, IfNoneMatch="*"
+            )
+        except botocore.exceptions.ClientError as e:
+            code, status, _ = _code(e)
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            self._fail(e, "write", rel)
+        except _BOTO_ERRORS as e:
+            self._fail(e, "write", rel)
+        return True
+
     def get_range(self, rel: str, start: int, length: int) -> bytes | None:
         """A ranged GET (``Range: bytes=a-b``)."""
         check_range(start, length)
