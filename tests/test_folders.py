@@ -406,3 +406,25 @@ def test_a_killed_directory_commit_shows_only_complete_files(env: Env, point: st
     assert set(tree_of(out)) == {
         n.removeprefix("proj/") for n in [*FILES, *LINKS, *DIRS] if n != "proj"
     } | {"."}
+
+
+@pytest.mark.parametrize("point", ["restore-tree:file@1", "restore-tree:staged"])
+def test_a_killed_directory_restore_shows_no_output(env: Env, committed: Path, point: str) -> None:
+    out = env.root / "out"
+    run_env = {k: v for k, v in os.environ.items() if k != "BLOCKFRAME_CONFIG"}
+    run_env[ENV] = point
+    r = subprocess.run(
+        [sys.executable, "-m", "blockframe", "restore", "proj", "-o", str(out)],
+        cwd=env.root,
+        env=run_env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == -9
+    assert not out.exists()
+    # What the killed restore staged is hidden beside the output, never under its name.
+    assert [
+        p.name.startswith(".out.blockframe-") for p in env.root.iterdir() if "out" in p.name
+    ] == [True]
+    assert env.run("restore", "proj", "-o", str(out)).returncode == 0
+    assert tree_of(out) == tree_of(committed)

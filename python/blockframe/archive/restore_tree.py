@@ -27,6 +27,7 @@ from blockframe.errors import IntegrityError, NotFoundError, OutputError, UsageE
 from blockframe.format.members import Member
 from blockframe.format.names import display_name, is_servable
 from blockframe.storage.local import fsync_dir
+from blockframe.testhook import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def restore_tree(
     report = TreeReport(final)
     try:
         _write(index, tree, stage, report, progress)
+        crash_point("restore-tree:staged")
         _publish(stage, final, force)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -180,6 +182,7 @@ def _write(
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
         report.files += 1
         report.bytes += entry.size
+        crash_point("restore-tree:file")
     for rel, link in tree.links.items():
         try:
             os.symlink(link.target, stage / rel)
