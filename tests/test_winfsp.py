@@ -576,3 +576,22 @@ def test_import_does_not_import_winfspy() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_recorded_links_are_left_out_of_a_native_listing(tmp_path: Path) -> None:
+    """winfspy has no symbolic links: a folder's recorded link is not listed (it could not
+    be opened), its files and directories are."""
+    from blockframe.access.view import ArchiveView
+    from blockframe.access.winfsp import list_directory
+    from blockframe.archive import Archive
+
+    top = tmp_path / "src" / "f"
+    (top / "d").mkdir(parents=True)
+    (top / "a.txt").write_bytes(b"a" * 100)
+    (top / "ln").symlink_to("a.txt")
+    archive = Archive(tmp_path / "archive")
+    results, failures = archive.commit_tree(top)
+    assert not failures and [r.name for r in results] == ["f/a.txt"]
+    view = ArchiveView(archive)
+    assert view.stat("/f/ln").is_link
+    assert [e["file_name"] for e in list_directory(view, "/f", None)] == [".", "..", "a.txt", "d"]

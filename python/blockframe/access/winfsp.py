@@ -174,6 +174,10 @@ def list_directory(view: ArchiveView, path: str, marker: str | None = None) -> l
             st = view.stat(posixpath.join(path, name))
         except NotFoundError:
             continue  # removed by a refresh between listdir and stat
+        if st.is_link:
+            # winfspy has no symbolic links (they would need reparse points): not shown
+            # rather than shown as files that cannot be opened.
+            continue
         entries.append({"file_name": name, **file_info(st)})
     return entries
 
