@@ -19,22 +19,10 @@ import pytest
 from blockframe import _core
 from blockframe.testhook import ENV
 
-from conftest import Env, data
+from conftest import CONFIG_TOML, Env, data
 
 # The small test geometry, with packs: files under 30 KB go into packs (of at most 32 KiB).
-CONFIG = """\
-[archive]
-directory = "archive"
-
-[storage]
-segment_size = "8KiB"
-tier1_max = "20KB"
-tier2_max = "100KB"
-block_segments = 4
-parity_shards = 2
-chunk_size = "1KiB"
-pack_max = "30KB"
-"""
+CONFIG = CONFIG_TOML + 'pack_max = "30KB"\n'
 
 T0 = 1_700_000_000_123_456_789  # a recorded mtime, to the nanosecond
 

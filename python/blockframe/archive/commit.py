@@ -14,7 +14,6 @@ __all__ = [
     "check_manifest_fits",
     "check_source",
     "commit_errors",
-    "core_commit",
     "hash_file",
     "plan_object",
     "source_path",
@@ -103,23 +102,6 @@ def abandoning(staged: Staged, backend: _Abandons) -> Iterator[None]:
         raise
 
 
-def core_commit(
-    source: Source,
-    roots: list[tuple[str, bool]],
-    chunk_size: int,
-    stripes: list[layout.PlannedStripe],
-    progress: Progress | None,
-    placement: list[list[int]] | None = None,
-) -> tuple[bytes, list[list[bytes]], list[bytes]]:
-    """Have the core write the shards of ``source``: its content hash, the chunk hashes
-    of every shard, and (for a pack) the content hash of each member."""
-    plan = [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes]
-    if isinstance(source, Path):
-        content, hashes = _core.commit(str(source), roots, chunk_size, plan, progress, placement)
-        return content, hashes, [content]
-    return _core.commit(list(source), roots, chunk_size, plan, progress, placement)
-
-
 def plan_object(size: int, storage: StorageConfig) -> tuple[int, list[layout.PlannedStripe]]:
     """Tier and stripes of a new object; an empty pack (size 0) is tier 0 without stripes
     (FORMAT.md §18.1)."""
@@ -148,10 +130,16 @@ def write_shards(
     progress: Progress | None,
     placement: list[list[int]] | None = None,
 ) -> tuple[bytes, list[list[bytes]], list[bytes]]:
-    """:func:`core_commit`, and nothing to write for an empty pack."""
+    """Have the core write the shards of ``source`` (nothing for an empty pack): its
+    content hash, the chunk hashes of every shard, and (for a pack) the content hash of
+    each member."""
     if not size:
         return EMPTY_HASH, [], []
-    return core_commit(source, roots, chunk_size, stripes, progress, placement)
+    plan = [([(p, n) for p, n in st.data], list(st.parity)) for st in stripes]
+    if isinstance(source, Path):
+        content, hashes = _core.commit(str(source), roots, chunk_size, plan, progress, placement)
+        return content, hashes, [content]
+    return _core.commit(list(source), roots, chunk_size, plan, progress, placement)
 
 
 @contextlib.contextmanager
