@@ -12,6 +12,15 @@ the middle of the file repaired by health against `par2 repair`.
 remote: `curl -o /dev/null` of the 1 GiB file from `blockframe serve` over loopback, next to
 `cat` through the local mount of the same archive (and, with the remote client, through
 `mount --remote`).
+
+folders (issue #13): seeded folders of many small files in 100 directories, kept in --dir.
+`commit -f` of 10,000 files of 1-64 KB against `restic backup --no-cache` into a fresh
+repository (both followed by `sync`); `du -B1` of that archive against the folder's; cold
+`health` against cold `b3sum` over the archive's files; on an archive of 100,000 files of
+100 B-4 KB: `list --json`, mount ready (mount started to a stat of a file answered), first
+stat of files through the mount, `ls -l` of a directory of 1,000 files, mount peak RSS
+(VmHWM); the per-file commit cost of 100,000 against 10,000 files of 100 B-4 KB. `--files N`
+scales the large folder (the others get N / 10).
 """
 
 from __future__ import annotations
@@ -68,9 +77,7 @@ def peak_rss_mib(cmd: list[str]) -> float:
 
 
 def shard_bytes(archive: Path) -> int:
-    return sum(
-        p.stat().st_size for p in archive.rglob("*.dat") if not p.name.startswith(".")
-    )
+    return sum(p.stat().st_size for p in archive.rglob("*.dat") if not p.name.startswith("."))
 
 
 def bench_commit(work: Path, rounds: int, skip_4g: bool) -> None:
@@ -742,16 +749,349 @@ def bench_s3(work: Path, rounds: int) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# folders (issue #13): many small files in a directory tree.
+
+FOLDER_DIRS = 100
+
+
+def make_folder(work: Path, name: str, count: int, lo: int, hi: int, seed: int) -> Path:
+    """A tree of ``count`` files in FOLDER_DIRS directories (file i in directory i % 100),
+    sizes uniform in [lo, hi] bytes and contents from a generator seeded with ``seed``, mtimes
+    fixed: the same bytes on every machine and every run. Kept and reused while its marker
+    (written next to it once the tree is complete) matches."""
+    import json
+    import random
+
+    folder = work / name
+    marker = work / f"{name}.done"
+    spec = {"count": count, "dirs": FOLDER_DIRS, "lo": lo, "hi": hi, "seed": seed, "v": 1}
+    if folder.is_dir() and marker.exists() and json.loads(marker.read_text()) == spec:
+        return folder
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = random.Random(seed)
+    for d in range(FOLDER_DIRS):
+        (folder / f"d{d:02d}").mkdir(parents=True)
+    base = 1_700_000_000
+    for i in range(count):
+        size = rng.randint(lo, hi)
+        p = folder / f"d{i % FOLDER_DIRS:02d}" / f"f{i:06d}.bin"
+        p.write_bytes(rng.randbytes(size))
+        os.utime(p, (base + i, base + i))
+    os.sync()
+    marker.write_text(json.dumps(spec))
+    return folder
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Every regular file under ``root`` but its hidden top-level entries (staging, locks)."""
+    out = []
+    for top in sorted(root.iterdir()):
+        if top.name.startswith("."):
+            continue
+        if top.is_file():
+            out.append(top)
+            continue
+        for dirpath, _, names in os.walk(top):
+            out.extend(Path(dirpath) / n for n in names)
+    return out
+
+
+def du_bytes(path: Path) -> int:
+    return int(sh(["du", "-s", "-B1", str(path)]).stdout.split()[0])
+
+
+def timed_then_sync(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall time of ``cmd`` followed by ``sync`` (both timed), after a settle."""
+    settle()
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({r.returncode}): {r.stderr[-500:]}")
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - t
+
+
+def _vmhwm_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def _fmt_runs(v: list[float], unit: float = 1.0, digits: int = 2) -> str:
+    return ", ".join(f"{x * unit:.{digits}f}" for x in v)
+
+
+def bench_folders(work: Path, rounds: int, files: int, commit_rounds: int) -> None:
+    """The issue-13 targets, side by side in one run (see the module docstring)."""
+    import json
+    import random
+
+    small_n = files // 10
+    cfg = work / "default-config.toml"  # built-in defaults (pack_max 10 MB, RS(30, 3))
+    cfg.write_text("")
+    bf = [*BF, "--config", str(cfg)]
+    print(f"Generating folders in {work} (kept for re-runs) ...", file=sys.stderr)
+    f10 = make_folder(work, f"folder-{small_n}-1-64k", small_n, 1000, 64000, seed=13)
+    f10s = make_folder(work, f"folder-{small_n}-100-4k", small_n, 100, 4000, seed=14)
+    f100 = make_folder(work, f"folder-{files}-100-4k", files, 100, 4000, seed=15)
+
+    def warm(*folders: Path) -> None:
+        """Sources warm in the page cache, as for a folder just written or read."""
+        for f in folders:
+            subprocess.run(
+                f"find {f} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True
+            )
+
+    warm(f10)
+    folder_bytes = sum(p.stat().st_size for p in f10.rglob("*") if p.is_file())
+
+    # 1. Commit of the 10k folder against restic backup into a fresh repo, both + sync.
+    arch = work / f"arch-{f10.name}"
+    repo = work / "restic-repo"
+    renv = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
+
+    def bf_commit() -> float:
+        shutil.rmtree(arch, ignore_errors=True)
+        return timed_then_sync([*bf, "commit", "-f", str(f10), "-a", str(arch)])
+
+    def restic_backup() -> float:
+        shutil.rmtree(repo, ignore_errors=True)
+        sh(["restic", "init", "-q"], env=renv)  # not timed: the repository exists beforehand
+        return timed_then_sync(["restic", "backup", "--no-cache", "-q", str(f10)], env=renv)
+
+    commit_runs: dict[str, Callable[[], float]] = {
+        f"blockframe commit -f ({small_n} files, 1-64 KB)": bf_commit,
+        "restic backup --no-cache (fresh repo)": restic_backup,
+    }
+    commit: dict[str, list[float]] = {k: [] for k in commit_runs}
+    for r in range(rounds):
+        order = list(commit_runs)
+        order = order[r % 2 :] + order[: r % 2]
+        for label in order:
+            print(f"  round {r + 1}: {label}", file=sys.stderr)
+            commit[label].append(commit_runs[label]())
+    if not arch.is_dir():
+        bf_commit()
+    restic_du = du_bytes(repo)
+    shutil.rmtree(repo, ignore_errors=True)
+
+    # 2. Allocated size.
+    arch_du, folder_du = du_bytes(arch), du_bytes(f10)
+    arch_files = tree_files(arch)
+    arch_bytes = sum(p.stat().st_size for p in arch_files)
+    packs = sum(1 for p in arch.iterdir() if p.name.startswith("%2Epack"))
+
+    # 3. Cold health against cold b3sum over the archive's files.
+    listing = work / f"arch-{f10.name}.files"
+    listing.write_bytes(b"".join(bytes(p) + b"\0" for p in arch_files))
+    health_cmd = [*bf, "health", "-a", str(arch), "--json"]
+    b3_cmd = ["sh", "-c", f"xargs -0 b3sum < {listing} > /dev/null"]
+    health: dict[str, list[float]] = {"blockframe health --json": [], "b3sum (archive files)": []}
+    for r in range(rounds):
+        order = list(health)
+        order = order[r % 2 :] + order[: r % 2]
+        for label in order:
+            elapsed, out = cold(health_cmd if label.startswith("blockframe") else b3_cmd)
+            if label.startswith("blockframe"):
+                doc = json.loads(out)
+                assert doc["status"] == "healthy", doc["status"]
+            health[label].append(elapsed)
+
+    # 4. Per-file commit cost: 10k and 100k files of the same kind (100 B-4 KB).
+    arch_s = work / f"arch-{f10s.name}"
+    arch_b = work / f"arch-{f100.name}"
+    percommit: dict[str, list[float]] = {f"{small_n} files": [], f"{files} files": []}
+    warm(f10s, f100)  # the cold health runs above emptied the page cache
+    for r in range(commit_rounds):
+        pair = [(f"{small_n} files", f10s, arch_s), (f"{files} files", f100, arch_b)]
+        # Alternate the order, and end with the large archive, kept for what follows.
+        for label, src, a in pair if r % 2 == (commit_rounds - 1) % 2 else pair[::-1]:
+            shutil.rmtree(a, ignore_errors=True)
+            print(f"  round {r + 1}: commit {label}", file=sys.stderr)
+            percommit[label].append(timed_then_sync([*bf, "commit", "-f", str(src), "-a", str(a)]))
+    shutil.rmtree(arch_s, ignore_errors=True)
+
+    # 5. list --json of the 100k archive (archive warm in the page cache).
+    lst: list[float] = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        out = sh([*bf, "list", "-a", str(arch_b), "--json"]).stdout
+        lst.append(time.perf_counter() - t)
+    listed = len(json.loads(out)["objects"])
+
+    # 6. The mount of the 100k archive: ready, stat, ls -l, peak RSS.
+    mnt = work / "mnt-folders"
+    mnt.mkdir(exist_ok=True)
+    rng = random.Random(16)
+    top = mnt / f100.name
+    ready: list[float] = []
+    stat_med: list[float] = []
+    stat_all: list[float] = []
+    ls: list[float] = []
+    rss: list[float] = []
+    per_dir = files // FOLDER_DIRS
+    for r in range(rounds):
+        probe = top / f"d{(r + 1) % FOLDER_DIRS:02d}" / f"f{(r + 1) % FOLDER_DIRS:06d}.bin"
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [*bf, "mount", "-a", str(arch_b), "-m", str(mnt)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = t + 120
+            while True:
+                try:
+                    os.stat(probe)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.perf_counter() > deadline:
+                        raise SystemExit("the mount did not answer") from None
+                    time.sleep(0.002)
+            ready.append(time.perf_counter() - t)
+            # First stat of 1,000 distinct files (not yet seen by the kernel) in the
+            # directories not listed below.
+            lat = []
+            for i in rng.sample(range(files), 1000):
+                if i % FOLDER_DIRS == 0:
+                    continue
+                p = top / f"d{i % FOLDER_DIRS:02d}" / f"f{i:06d}.bin"
+                s = time.perf_counter()
+                os.stat(p)
+                lat.append(time.perf_counter() - s)
+            stat_med.append(statistics.median(lat))
+            stat_all.extend(lat)
+            # ls -l of a directory of files // 100 files, first listing since the mount.
+            t = time.perf_counter()
+            r_ls = subprocess.run(
+                ["ls", "-l", str(top / "d00")], check=True, capture_output=True, text=True
+            )
+            ls.append(time.perf_counter() - t)
+            assert len(r_ls.stdout.splitlines()) == per_dir + 1, "ls -l: wrong count"
+            rss.append(_vmhwm_mib(proc.pid))
+        finally:
+            _unmount(mnt, proc)
+
+    def med(v: list[float]) -> float:
+        return statistics.median(v)
+
+    bfc, rst = (med(v) for v in commit.values())
+    h, b3 = (med(v) for v in health.values())
+    c_small, c_big = (med(v) for v in percommit.values())
+    per_small, per_big = c_small / small_n, c_big / files
+    load = os.getloadavg()
+    print(
+        f"### folders: {rounds} rounds ({commit_rounds} for the per-file commit cost), "
+        f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n"
+    )
+    print(
+        f"Folders (seeded, kept in `--dir` for re-runs): `{f10.name}`: {small_n} files of "
+        f"1,000-64,000 B in {FOLDER_DIRS} directories, {folder_bytes / 1e6:.0f} MB "
+        f"(`du -B1` {folder_du / 1e6:.0f} MB); `{f10s.name}` and `{f100.name}`: "
+        f"{small_n} and {files} files of 100-4,000 B in {FOLDER_DIRS} directories. "
+        "Default config (empty config file). Sources warm in the page cache.\n"
+    )
+    print("| run | median s | runs (s) |")
+    print("|---|---|---|")
+    for k, v in commit.items():
+        print(f"| {k} + sync | {med(v):.2f} | {_fmt_runs(v)} |")
+    for k, v in health.items():
+        print(f"| {k}, cold | {med(v):.2f} | {_fmt_runs(v)} |")
+    for k, v in percommit.items():
+        print(f"| blockframe commit -f ({k}, 100-4,000 B) + sync | {med(v):.2f} | {_fmt_runs(v)} |")
+    print(f"| blockframe list --json ({listed} files), warm | {med(lst):.2f} | {_fmt_runs(lst)} |")
+    print(f"| mount ready (start to a stat answered) | {med(ready):.2f} | {_fmt_runs(ready)} |")
+    print(
+        f"| ls -l of a directory of {per_dir} files (first listing) | {med(ls) * 1e3:.1f} ms "
+        f"| {_fmt_runs(ls, 1e3, 1)} ms |"
+    )
+    print(
+        f"| stat of a file through the mount (first stat; median of each round's ~990) "
+        f"| {med(stat_all) * 1e3:.3f} ms | {_fmt_runs(stat_med, 1e3, 3)} ms; p99 "
+        f"{_pct(stat_all, 0.99) * 1e3:.3f} ms |"
+    )
+    print(f"| mount peak RSS (VmHWM) | {max(rss):.0f} MiB | {_fmt_runs(rss, 1, 0)} MiB |")
+    print()
+
+    def row(measure: str, value: str, ratio: str, target: str, ok: bool) -> None:
+        print(f"| {measure} | {value} | {ratio} | {target} | {'PASS' if ok else '**FAIL**'} |")
+
+    print("| measure | measured | ratio | target | |")
+    print("|---|---|---|---|---|")
+    row(
+        f"commit of {small_n} files / restic backup",
+        f"{bfc:.2f} s vs {rst:.2f} s",
+        f"{bfc / rst:.2f}x",
+        "<= 1.5x",
+        bfc / rst <= 1.5,
+    )
+    row(
+        "allocated size of the archive / the folder (`du -B1`)",
+        f"{arch_du / 1e6:.0f} MB vs {folder_du / 1e6:.0f} MB",
+        f"{arch_du / folder_du:.3f}x",
+        "<= 1.25x",
+        arch_du / folder_du <= 1.25,
+    )
+    row(
+        "cold health speed / cold b3sum speed",
+        f"{arch_bytes / h / 1e6:.0f} vs {arch_bytes / b3 / 1e6:.0f} MB/s",
+        f"{b3 / h:.2f}x",
+        ">= 0.7x",
+        b3 / h >= 0.7,
+    )
+    row(f"`list --json`, {listed} files", f"{med(lst):.2f} s", "", "< 1 s", med(lst) < 1)
+    row("mount ready", f"{med(ready):.2f} s", "", "< 1 s", med(ready) < 1)
+    row(
+        "stat through the mount, median",
+        f"{med(stat_all) * 1e3:.3f} ms",
+        "",
+        "< 1 ms",
+        med(stat_all) < 1e-3,
+    )
+    row(f"`ls -l` of {per_dir} files", f"{med(ls) * 1e3:.1f} ms", "", "< 100 ms", med(ls) < 0.1)
+    row("mount peak RSS", f"{max(rss):.0f} MiB", "", "< 300 MiB", max(rss) < 300)
+    row(
+        f"per-file commit cost, {files} vs {small_n} files",
+        f"{per_big * 1e3:.3f} vs {per_small * 1e3:.3f} ms",
+        f"{per_big / per_small:.2f}x",
+        "<= 1.2x",
+        per_big / per_small <= 1.2,
+    )
+    print(
+        f"\nArchive of `{f10.name}`: {len(arch_files)} files ({packs} packs), "
+        f"{arch_bytes / 1e6:.0f} MB; restic's repository of the same folder: `du -B1` "
+        f"{restic_du / 1e6:.0f} MB. Per-file commit cost of `{f10.name}`: "
+        f"{bfc / small_n * 1e3:.3f} ms.\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="scripts/bench")
-    p.add_argument("what", choices=["commit", "mount", "health", "remote", "s3"])
+    p.add_argument("what", choices=["commit", "mount", "health", "remote", "s3", "folders"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dir", default="bench-data", help="scratch directory (needs ~7 GiB)")
     p.add_argument("--skip-4g", action="store_true")
+    p.add_argument(
+        "--files",
+        type=int,
+        default=100_000,
+        help="folders: files in the large folder (the small ones get a tenth)",
+    )
+    p.add_argument(
+        "--commit-rounds",
+        type=int,
+        default=None,
+        help="folders: rounds of the 10k/100k per-file commit cost (default: --rounds)",
+    )
     args = p.parse_args()
     work = Path(args.dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} on {os.uname().nodename}, {os.cpu_count()} cores -->\n")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"<!-- {time.strftime('%Y-%m-%d %H:%M %Z')} on {os.uname().nodename}, "
+        f"{os.cpu_count()} cores, load average at start {load} -->\n"
+    )
     if args.what == "commit":
         bench_commit(work, args.rounds, args.skip_4g)
     elif args.what == "mount":
@@ -762,6 +1102,8 @@ def main() -> None:
         bench_health(work, args.rounds)
     elif args.what == "s3":
         bench_s3(work, args.rounds)
+    elif args.what == "folders":
+        bench_folders(work, args.rounds, args.files, args.commit_rounds or args.rounds)
 
 
 if __name__ == "__main__":
