@@ -327,7 +327,12 @@ def _kind(
         raise ManifestError(f"{where}: unknown kind {kind!r}")
     if kind == PACK:
         return PACK, None, None, _get(body, "files", list, where)
-    return FILE, check_mtime(body.get("mtime_ns"), where), check_mode(body.get("mode"), where), ()
+    return (
+        FILE,
+        check_mtime(body.get("mtime_ns"), f"{where}: "),
+        check_mode(body.get("mode"), f"{where}: "),
+        (),
+    )
 
 
 def _check_geometry(m: Manifest, where: str) -> None:
@@ -386,6 +391,11 @@ def load_from(
         if raw is None:
             problems.append(f"{name}: missing")
             continue
+        if name == REPLICA and raws.get(MANIFEST) == raw:
+            # Byte for byte the primary, which verified: the same manifest, parsed once.
+            copies[name] = copies[MANIFEST]
+            raws[name] = raw
+            continue
         try:
             copies[name] = parse(raw, name)
             raws[name] = raw
@@ -395,7 +405,7 @@ def load_from(
         raise ManifestError(f"{label}: no usable manifest ({'; '.join(problems)})")
     primary = copies.get(MANIFEST)
     replica = copies.get(REPLICA)
-    if primary and replica and primary != replica:
+    if primary and replica and primary is not replica and primary != replica:
         # Both verify but differ: never guess which is right.
         raise ManifestError(f"{label}: manifest and replica disagree")
     good_name, good = next(iter(copies.items()))

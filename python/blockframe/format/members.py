@@ -8,6 +8,7 @@ parses a manifest, so a table that does not add up is a damaged manifest like an
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,17 +68,18 @@ def is_pack_name(name: str) -> bool:
     return rest != name and len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
 
 
-def check_mtime(value: Any, where: str) -> int:
-    """A modification time in nanoseconds since the epoch (negative: before 1970)."""
+def check_mtime(value: Any, where: str = "") -> int:
+    """A modification time in nanoseconds since the epoch (negative: before 1970);
+    ``where`` (with its colon and space) prefixes the error."""
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 1 << 63:
-        raise ManifestError(f"{where}: mtime_ns must be a 64-bit integer")
+        raise ManifestError(f"{where}mtime_ns must be a 64-bit integer")
     return value
 
 
-def check_mode(value: Any, where: str) -> int:
-    """Permission bits, 0 to 0o7777."""
+def check_mode(value: Any, where: str = "") -> int:
+    """Permission bits, 0 to 0o7777 (``where`` as for :func:`check_mtime`)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MODE_MASK:
-        raise ManifestError(f"{where}: mode must be an integer from 0 to 4095")
+        raise ManifestError(f"{where}mode must be an integer from 0 to 4095")
     return value
 
 
@@ -90,14 +92,18 @@ def parse_members(raw: Any, size: int, where: str) -> tuple[Member, ...]:
     seen: set[str] = set()
     offset = 0
     for i, d in enumerate(raw):
-        w = f"{where}: files[{i}]"
-        member = _member(d, w)
+        try:
+            member = _member(d)
+        except ManifestError as e:
+            raise ManifestError(f"{where}: files[{i}]: {e}") from None
         if member.name in seen:
-            raise ManifestError(f"{w}: name {member.name!r} appears twice")
+            raise ManifestError(f"{where}: files[{i}]: name {member.name!r} appears twice")
         seen.add(member.name)
         if member.type == "file":
             if member.offset != offset:
-                raise ManifestError(f"{w}: offset {member.offset} should be {offset}")
+                raise ManifestError(
+                    f"{where}: files[{i}]: offset {member.offset} should be {offset}"
+                )
             offset += member.size
         out.append(member)
     if offset != size:
@@ -105,42 +111,46 @@ def parse_members(raw: Any, size: int, where: str) -> tuple[Member, ...]:
     return tuple(out)
 
 
-def _member(d: Any, where: str) -> Member:
+def _member(d: Any) -> Member:
+    """One entry of a table (ManifestError says what is wrong; the caller says where)."""
     if not isinstance(d, Mapping):
-        raise ManifestError(f"{where}: must be an object")
-    name = _field(d, "name", str, where)
+        raise ManifestError("must be an object")
+    name = _field(d, "name", str)
     try:
         check_stored_name(name)
     except UsageError:
-        raise ManifestError(f"{where}: invalid name") from None
+        raise ManifestError("invalid name") from None
     kind = d.get("type")
-    mtime = check_mtime(d.get("mtime_ns"), where)
+    mtime = check_mtime(d.get("mtime_ns"))
     if kind == "file":
-        offset = _field(d, "offset", int, where)
-        size = _field(d, "size", int, where)
-        digest = _field(d, "content_hash", str, where)
+        offset = _field(d, "offset", int)
+        size = _field(d, "size", int)
+        digest = _field(d, "content_hash", str)
         if offset < 0 or size < 0:
-            raise ManifestError(f"{where}: negative offset or size")
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ManifestError(f"{where}: content_hash must be 64 lowercase hex digits")
-        mode = check_mode(d.get("mode"), where)
+            raise ManifestError("negative offset or size")
+        if _HEX64.fullmatch(digest) is None:
+            raise ManifestError("content_hash must be 64 lowercase hex digits")
+        mode = check_mode(d.get("mode"))
         return Member(name, "file", mtime, mode, offset, size, digest)
     if kind == "dir":
-        return Member(name, "dir", mtime, check_mode(d.get("mode"), where))
+        return Member(name, "dir", mtime, check_mode(d.get("mode")))
     if kind == "symlink":
-        target = _field(d, "target", str, where)
+        target = _field(d, "target", str)
         if not target or "\x00" in target or len(target.encode()) > MAX_TARGET:
-            raise ManifestError(f"{where}: invalid symbolic link target")
+            raise ManifestError("invalid symbolic link target")
         return Member(name, "symlink", mtime, target=target)
-    raise ManifestError(f"{where}: type must be one of {', '.join(MEMBER_TYPES)}")
+    raise ManifestError(f"type must be one of {', '.join(MEMBER_TYPES)}")
 
 
-def _field(d: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _field(d: Mapping[str, Any], key: str, kind: type) -> Any:
     value = d.get(key)
     if value is None:
-        raise ManifestError(f"{where}: missing field {key!r}")
+        raise ManifestError(f"missing field {key!r}")
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise ManifestError(f"{where}: field {key!r} must be a {kind.__name__}")
+        raise ManifestError(f"field {key!r} must be a {kind.__name__}")
     return value
 
 
