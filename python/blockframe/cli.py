@@ -180,11 +180,11 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     index = _archive(cfg, args).scan()
     entries = sorted(index.entries.values(), key=lambda e: e.name)
     if args.json:
-        from blockframe.format.pin import pin_of
+        from blockframe.format.pin import pin_of_docs
 
         doc = {
             # What `mount --remote URL --pin PIN` checks a server's catalog against.
-            "pin": pin_of(e.manifest for e in entries),
+            "pin": pin_of_docs({e.head.name: e.pin_doc() for e in entries}),
             "objects": [{**e.summary(), "directory": e.dirname} for e in entries],
             "problems": [{"path": p.path, "reason": p.reason} for p in index.problems],
         }
@@ -207,7 +207,7 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
         row: list[str | Text] = [
             Text(display_name(e.name)),
             format_size(e.size),
-            str(e.manifest.tier),
+            str(e.head.tier),
             e.status,
         ]
         if spread:

@@ -67,15 +67,15 @@ class FileInfo:
 
     @classmethod
     def from_entry(cls, entry: Entry) -> FileInfo:
-        m = entry.manifest
+        h = entry.head  # not the manifest: a listing reads no chunk hash
         return cls(
             entry.name,
             entry.size,
-            m.tier,
+            h.tier,
             entry.status,
-            m.id,
+            h.id,
             entry.content_hash,
-            m.created,
+            h.created,
             entry.mtime_ns,
             entry.mode,
         )
@@ -278,7 +278,7 @@ class BlockFrameArchive:
             assert self._local is not None
             obj = self._local.open_object(entry, self._cache)
             raw = ObjectReader(obj, _repair)
-        size = buffer_size or max(MIN_BUFFER, entry.manifest.chunk_size)
+        size = buffer_size or max(MIN_BUFFER, entry.head.chunk_size)
         return io.BufferedReader(raw, buffer_size=size)
 
     def commit(
