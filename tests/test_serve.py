@@ -142,7 +142,8 @@ def test_listing(served: Server) -> None:
     assert [f["name"] for f in listing] == sorted(FILES)
     entries = served.env.archive.scan().entries
     for f in listing:
-        m = entries[f["name"]].manifest
+        entry = entries[f["name"]]
+        m = entry.manifest
         assert f == {
             "name": m.name,
             "size": FILES[m.name],
@@ -151,6 +152,8 @@ def test_listing(served: Server) -> None:
             "id": m.id,
             "content_hash": m.content_hash,
             "created": m.created,
+            "mtime_ns": entry.mtime_ns,
+            "mode": entry.mode,
             "scrub": None,  # never scrubbed by `blockframe health`
         }
 

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from blockframe import _core
+from blockframe.archive.catalog import Catalog, open_catalog, stamp_of
 from blockframe.archive.commit import check_manifest_fits, check_source, hash_file
 from blockframe.archive.directory import DirectoryBackend
 from blockframe.archive.entry import (
     CommitResult,
     Entry,
+    Head,
     Index,
     Listing,
+    ManifestRef,
     Problem,
     Progress,
     RestoreReport,
@@ -38,12 +42,16 @@ from blockframe.errors import (
 from blockframe.format.manifest import Manifest
 from blockframe.format.members import PACK_PREFIX
 from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_name
+from blockframe.format.pin import pin_doc
 from blockframe.storage.volumes import VolumeSet
 
 # What the directory of every pack starts with (FORMAT.md §18).
 PACKS = encode(PACK_PREFIX)
 
 log = logging.getLogger(__name__)
+
+# Held while an archive opens its catalog (once per Archive).
+_CATALOGS = threading.Lock()
 
 
 class Backend(Protocol):
@@ -130,10 +138,12 @@ class Archive:
     # -- index ----------------------------------------------------------------------------
 
     def scan(self) -> Index:
-        """Load every object's manifest. Bad entries (stray files and directories, damaged
-        manifests, names that do not match) are recorded in ``problems`` and skipped."""
+        """Every object of the archive, from the catalog where its rows are current and
+        from manifests where they are not (the catalog is then brought up to date). Bad
+        entries (stray files and directories, damaged manifests, names that do not match)
+        are recorded in ``problems`` and skipped."""
         # Strays are loaded too, so that each is reported with what is wrong with it.
-        return self._index(self._listing().top())
+        return self._index(self._listing().top(), self._catalog(create=True), whole=True)
 
     def _listing(self, only: Callable[[str], bool] | None = None) -> Listing:
         listing = self.backend.listing(only)
@@ -141,26 +151,80 @@ class Archive:
             log.warning("%s", why)
         return listing
 
-    def _index(self, dirnames: Iterable[str]) -> Index:
+    def _catalog(self, create: bool) -> Catalog | None:
+        """The archive's catalog, opened once (with ``create`` false: only if one exists)."""
+        with _CATALOGS:
+            cat: Catalog | None = getattr(self, "_cat", None)
+            if cat is None:
+                cat = open_catalog(self.backend, create)
+                if cat is not None:
+                    self._cat = cat
+            return cat
+
+    def _index(
+        self, dirnames: Iterable[str], cat: Catalog | None = None, whole: bool = False
+    ) -> Index:
+        """The index of ``dirnames`` (``whole``: every directory of the archive, so rows
+        of any other directory are dropped from the catalog)."""
         index = Index()
-        for dirname in dirnames:
+        wanted = list(dirnames)
+        rows = {} if cat is None else cat.rows(None if whole else wanted)
+        put: list[tuple[str, str, Head]] = []
+        kept: set[str] = set()
+        for dirname in wanted:
+            stamp = stamp_of(self.backend, dirname) if cat is not None else None
+            row = rows.get(dirname)
+            if stamp is not None and row is not None and row[0] == stamp:
+                kept.add(dirname)
+                index.add(dirname, self._lazy(dirname, row[1]))
+                continue
             try:
                 entry = self.backend.load(dirname)
             except (ManifestError, OSError) as e:
                 index.problems.append(Problem(dirname, str(e)))
                 continue
+            if entry is not None and stamp is not None:
+                if entry.manifest_repaired:
+                    # The copies were just rewritten: the stamp is theirs now.
+                    stamp = stamp_of(self.backend, dirname)
+                if stamp is not None:
+                    kept.add(dirname)
+                    put.append((dirname, stamp, Head.of(entry.manifest, pin_doc(entry.manifest))))
             index.add(dirname, entry)
+        if cat is not None and (put or len(kept) != len(rows)):
+            cat.update(put, [d for d in rows if d not in kept])
         return index
 
+    def _lazy(self, dirname: str, head: Head) -> Entry:
+        """The entry of a catalog row: its manifest is read when its bytes are, and must
+        still be the object the row describes."""
+        backend = self.backend
+
+        def load() -> Manifest:
+            entry = backend.load(dirname)
+            if entry is None or not Head.of(entry.manifest).same_object(head):
+                raise ManifestError(f"{dirname}: changed since the archive was listed")
+            return entry.manifest
+
+        return Entry(
+            head.name,
+            backend.root / dirname,
+            volumes=backend.volumes,
+            head=head,
+            ref=ManifestRef(load=load),
+        )
+
     def find(self, name: str) -> Entry | None:
-        """The file called ``name``, loading only the manifests of directories that could
-        hold it: objects of that name, and packs (not the whole archive)."""
+        """The file called ``name``, looking only at directories that could hold it:
+        objects of that name, and packs (not the whole archive); from the catalog when
+        there is one."""
         prefix = dirname_prefix(name)
 
         def candidate(d: str) -> bool:
             return d.startswith(PACKS) or (d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
 
-        return self._index(self._listing(candidate).objects).entries.get(name)
+        listing = self._listing(candidate)
+        return self._index(listing.objects, self._catalog(create=False)).entries.get(name)
 
     def get(self, name: str) -> Entry:
         """Like :meth:`find`, but a missing name is a NotFoundError."""

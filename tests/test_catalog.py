@@ -1,0 +1,390 @@
+"""The catalog (FORMAT.md, "The catalog"): a cache of what manifests say about names, kept
+in ``<archive>/.blockframe/catalog.sqlite``. Reused without reading manifests, revalidated
+against them, rebuilt when damaged or foreign, never followed through a symbolic link, and
+never needed: a read-only archive is listed and read all the same."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockframe import _core
+from blockframe.archive import Archive, Index
+from blockframe.archive import catalog as catalog_mod
+from blockframe.format import manifest as manifest_mod
+from blockframe.format.manifest import MANIFEST, REPLICA, checksum
+from blockframe.format.names import dirname_for
+
+from conftest import SMALL, Env, data, garbage
+
+CATALOG = Path(".blockframe") / "catalog.sqlite"
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Catalogs that fall back to the user's cache go under the test's directory."""
+    home = tmp_path / "cache-home"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every manifest copy parsed from now on."""
+    seen: list[str] = []
+    real = manifest_mod.parse
+
+    def counting(raw: bytes, where: str) -> manifest_mod.Manifest:
+        seen.append(where)
+        return real(raw, where)
+
+    monkeypatch.setattr(manifest_mod, "parse", counting)
+    return seen
+
+
+def commit_some(env: Env, n: int = 4) -> Archive:
+    archive = env.archive
+    for i in range(n):
+        archive.commit(env.file(f"f{i}.bin", 1000 + 37 * i, seed=i), f"dir/f{i}.bin")
+    return archive
+
+
+def view(index: Index) -> dict[str, Any]:
+    """Everything a listing or a mount shows of an index."""
+    return {
+        "entries": {
+            n: (e.size, e.offset, e.content_hash, e.mtime_ns, e.mode, e.dirname, e.head)
+            for n, e in index.entries.items()
+        },
+        "dirs": dict(index.dirs),
+        "links": dict(index.links),
+        "problems": sorted((p.path, p.reason) for p in index.problems),
+    }
+
+
+def fresh(env: Env, monkeypatch: pytest.MonkeyPatch) -> Index:
+    """A scan that reads every manifest (no catalog)."""
+    with monkeypatch.context() as m:
+        m.setattr(catalog_mod, "open_catalog", lambda backend, create=True: None)
+        import blockframe.archive.archive as archive_mod
+
+        m.setattr(archive_mod, "open_catalog", lambda backend, create=True: None)
+        return Archive(env.archive_dir, SMALL).scan()
+
+
+def read_all(archive: Archive, name: str) -> bytes:
+    return archive.open_object(archive.scan().entries[name]).read(0, 1 << 30)
+
+
+def test_the_catalog_is_made_then_reused_without_reading_a_manifest(
+    env: Env, parses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit_some(env)
+    first = Archive(env.archive_dir, SMALL).scan()
+    assert (env.archive_dir / CATALOG).is_file()
+    parses.clear()
+    archive = Archive(env.archive_dir, SMALL)
+    second = archive.scan()
+    assert parses == []  # every row was current: no manifest read
+    assert view(second) == view(first) == view(fresh(env, monkeypatch))
+    # The manifest is read when bytes are, and the bytes are the committed ones.
+    entry = second.entries["dir/f2.bin"]
+    assert archive.open_object(entry).read(0, 1 << 20) == data(1000 + 74, seed=2)
+    assert parses and entry.manifest.content_hash == entry.content_hash
+
+
+def test_changes_behind_its_back_are_noticed(
+    env: Env, parses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = commit_some(env)
+    archive.scan()
+    # Added, removed, replaced, a manifest copy damaged, and one made unusable.
+    archive.commit(env.file("new.bin", 500, seed=9), "new.bin")
+    shutil.rmtree(archive.get("dir/f0.bin").path)
+    archive.commit(env.file("f1b.bin", 777, seed=7), "dir/f1.bin", replace=True)
+    garbage(archive.get("dir/f2.bin").path / MANIFEST)
+    broken = archive.get("dir/f3.bin").path
+    garbage(broken / MANIFEST)
+    garbage(broken / REPLICA)
+    parses.clear()
+    index = Archive(env.archive_dir, SMALL).scan()
+    # Only the changed objects were read: the new one, the replacement, the damaged ones.
+    assert {p.split(":")[0] for p in parses} == {MANIFEST, REPLICA}
+    assert len(parses) == 2 * 4
+    assert sorted(index.entries) == ["dir/f1.bin", "dir/f2.bin", "new.bin"]
+    assert index.entries["dir/f1.bin"].size == 777
+    assert index.entries["dir/f2.bin"].status == "manifest restored"
+    assert [p.path for p in index.problems] == [broken.name]
+    assert "no usable manifest" in index.problems[0].reason
+    # The damaged object is still reported on every scan, as without a catalog.
+    again = Archive(env.archive_dir, SMALL).scan()
+    assert view(again) == view(fresh(env, monkeypatch))
+    assert again.entries["dir/f2.bin"].status == "ok"  # repaired by the scan before
+    assert read_all(Archive(env.archive_dir, SMALL), "dir/f1.bin") == data(777, seed=7)
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT dirname, size FROM objects ORDER BY dirname").fetchall()
+    finally:
+        conn.close()
+
+
+def _expected_rows(index: Index) -> list[tuple[Any, ...]]:
+    return sorted((e.dirname, e.head.size) for e in index.objects.values())
+
+
+def _sql(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        for s in statements:
+            conn.execute(s)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "empty", "truncated", "version", "schema", "row", "stamp", "foreign"],
+)
+def test_a_damaged_or_foreign_catalog_is_rebuilt_from_the_manifests(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    commit_some(env)
+    truth = fresh(env, monkeypatch)
+    Archive(env.archive_dir, SMALL).scan()
+    cat = env.archive_dir / CATALOG
+    if damage == "garbage":
+        cat.write_bytes(os.urandom(5000))
+    elif damage == "empty":
+        cat.write_bytes(b"")
+    elif damage == "truncated":
+        raw = cat.read_bytes()
+        cat.write_bytes(raw[: len(raw) // 2])
+    elif damage == "version":
+        _sql(cat, "UPDATE meta SET value = '99' WHERE key = 'version'")
+    elif damage == "schema":
+        _sql(cat, "CREATE TABLE extra (x)")
+    elif damage == "row":
+        _sql(cat, "UPDATE objects SET size = 999999, name = 'evil'")
+    elif damage == "stamp":
+        _sql(cat, "UPDATE objects SET stamp = 'x'")
+    else:
+        # The catalog of another archive, planted in this one.
+        other = Env(tmp_path / "other")
+        other.root.mkdir()
+        a = other.archive
+        a.commit(other.file("x.bin", 300), "dir/f0.bin")
+        a.scan()
+        shutil.copyfile(other.archive_dir / CATALOG, cat)
+    index = Archive(env.archive_dir, SMALL).scan()
+    assert view(index) == view(truth)
+    assert _rows(cat) == _expected_rows(truth)
+    assert read_all(Archive(env.archive_dir, SMALL), "dir/f1.bin") == data(1037, seed=1)
+
+
+def test_a_catalog_row_for_a_vanished_object_is_dropped(env: Env) -> None:
+    archive = commit_some(env)
+    archive.scan()
+    cat = env.archive_dir / CATALOG
+    assert len(_rows(cat)) == 4
+    shutil.rmtree(archive.get("dir/f3.bin").path)
+    assert sorted(Archive(env.archive_dir, SMALL).scan().entries) == [
+        "dir/f0.bin",
+        "dir/f1.bin",
+        "dir/f2.bin",
+    ]
+    assert len(_rows(cat)) == 3
+
+
+@pytest.mark.parametrize("where", ["dir", "file", "journal"])
+def test_symbolic_links_in_blockframe_are_never_followed(
+    env: Env, tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    commit_some(env)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_bytes(b"precious")
+    state = env.archive_dir / ".blockframe"
+    if where == "dir":
+        state.symlink_to(outside)
+        (outside / "catalog.sqlite").symlink_to(victim)
+    elif where == "file":
+        state.mkdir()
+        (state / "catalog.sqlite").symlink_to(victim)
+    else:
+        state.mkdir()
+        (state / "catalog.sqlite-journal").symlink_to(victim)
+    before = sorted(p.name for p in outside.iterdir())
+    for _ in range(2):
+        index = Archive(env.archive_dir, SMALL).scan()
+        assert view(index) == view(fresh(env, monkeypatch))
+    assert read_all(Archive(env.archive_dir, SMALL), "dir/f1.bin") == data(1037, seed=1)
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in outside.iterdir()) == before
+    # The links are left as they are; the catalog went to the user's cache instead.
+    if where == "dir":
+        assert state.is_symlink()
+    elif where == "file":
+        assert (state / "catalog.sqlite").is_symlink()
+    assert list(cache_home.rglob("catalog.sqlite"))
+
+
+@pytest.fixture
+def read_only(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An archive (some objects committed) whose directory cannot be written; root ignores
+    modes, so creating the catalog there is refused for it too."""
+    commit_some(env)
+    root = env.archive_dir
+    real_makedirs, real_open = os.makedirs, os.open
+
+    def inside(path: object) -> bool:
+        return str(path).startswith(str(root))
+
+    def makedirs(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path):
+            raise PermissionError(errno.EACCES, "read-only", str(path))
+        real_makedirs(path, *args, **kwargs)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        dir_fd = kwargs.get("dir_fd")
+        if (
+            dir_fd is not None
+            and flags & os.O_CREAT
+            and inside(os.readlink(f"/proc/self/fd/{dir_fd}"))
+        ):
+            raise PermissionError(errno.EACCES, "read-only", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(catalog_mod.os, "makedirs", makedirs)
+    monkeypatch.setattr(catalog_mod.os, "open", open_)
+    mode = root.stat().st_mode
+    root.chmod(0o555)
+    try:
+        yield root
+    finally:
+        root.chmod(mode)
+
+
+def test_a_read_only_archive_is_listed_and_read(
+    env: Env, read_only: Path, parses: list[str], cache_home: Path
+) -> None:
+    first = Archive(read_only, SMALL).scan()
+    assert sorted(first.entries) == [f"dir/f{i}.bin" for i in range(4)]
+    assert not (read_only / ".blockframe").exists()
+    parses.clear()
+    second = Archive(read_only, SMALL).scan()
+    assert parses == []  # the user's cache held the catalog
+    assert view(second) == view(first)
+    assert read_all(Archive(read_only, SMALL), "dir/f3.bin") == data(1000 + 111, seed=3)
+    assert not (read_only / ".blockframe").exists()
+
+
+def test_with_no_catalog_anywhere_reads_still_work(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    commit_some(env)
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    (env.archive_dir / ".blockframe").write_bytes(b"not a directory")
+    index = Archive(env.archive_dir, SMALL).scan()
+    assert view(index) == view(fresh(env, monkeypatch))
+
+
+def test_lookups_do_not_create_a_catalog(env: Env) -> None:
+    archive = commit_some(env)
+    assert archive.find("dir/f1.bin") is not None
+    assert not (env.archive_dir / ".blockframe").exists()
+
+
+# -- packs --------------------------------------------------------------------------------
+
+PACK = ".pack/" + "cd" * 16
+FILES = {"p/a.txt": 300, "p/sub/b.bin": 4000, "p/empty": 0, "p/sub/c": 1234}
+
+
+def make_pack(env: Env) -> dict[str, bytes]:
+    """A pack written by hand (no pack writer on this branch): a committed object whose
+    manifest is rewritten as a pack of FILES, with a directory and a link."""
+    contents = {n: data(size, seed=i) for i, (n, size) in enumerate(FILES.items())}
+    blob = b"".join(contents.values())
+    src = env.root / "blob"
+    src.write_bytes(blob)
+    entry = env.archive.commit(src, "blob").entry
+    doc: dict[str, Any] = json.loads((entry.path / MANIFEST).read_bytes())
+    table: list[dict[str, Any]] = [
+        {"name": "p", "type": "dir", "mtime_ns": 11, "mode": 0o750},
+        {"name": "p/sub", "type": "dir", "mtime_ns": 12, "mode": 0o700},
+        {"name": "p/emptydir", "type": "dir", "mtime_ns": 13, "mode": 0o755},
+        {"name": "p/link", "type": "symlink", "mtime_ns": 14, "target": "sub/b.bin"},
+    ]
+    offset = 0
+    for i, (name, raw) in enumerate(contents.items()):
+        table.append(
+            {
+                "name": name,
+                "type": "file",
+                "mtime_ns": 1_000_000 * (i + 1),
+                "offset": offset,
+                "size": len(raw),
+                "content_hash": _core.blake3(raw).hex(),
+                "mode": 0o640 + i,
+            }
+        )
+        offset += len(raw)
+    doc.update(version=3, name=PACK, kind="pack", files=table)
+    doc.pop("mtime_ns", None)
+    doc.pop("mode", None)
+    doc.pop("checksum", None)
+    doc["checksum"] = checksum(doc)
+    body = json.dumps(doc).encode()
+    (entry.path / MANIFEST).write_bytes(body)
+    (entry.path / REPLICA).write_bytes(body)
+    entry.path.rename(env.archive_dir / dirname_for(PACK, doc["id"]))
+    return contents
+
+
+def test_pack_members_dirs_and_links_come_from_the_catalog_as_from_manifests(
+    env: Env, parses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit_some(env, 2)
+    contents = make_pack(env)
+    truth = fresh(env, monkeypatch)
+    assert set(truth.entries) >= set(FILES) and set(truth.dirs) == {"p", "p/sub", "p/emptydir"}
+    Archive(env.archive_dir, SMALL).scan()
+    parses.clear()
+    archive = Archive(env.archive_dir, SMALL)
+    index = archive.scan()
+    assert parses == []
+    assert view(index) == view(truth)
+    assert index.links["p/link"].target == "sub/b.bin"
+    for name, raw in contents.items():
+        entry = index.entries[name]
+        assert entry.member is not None and entry.dirname.startswith("%2Epack")
+        assert archive.open_object(entry).read(0, 1 << 20) == raw
+    # One manifest read (both copies) served every file of the pack.
+    assert len(parses) == 2
+
+
+def test_list_json_is_the_same_from_the_catalog(env: Env) -> None:
+    commit_some(env, 3)
+    make_pack(env)
+    first = env.run("list", "--json")
+    assert first.returncode == 0, first.stderr
+    assert (env.archive_dir / CATALOG).is_file()
+    second = env.run("list", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == json.loads(first.stdout)
+    (env.archive_dir / CATALOG).unlink()
+    third = env.run("list", "--json")
+    assert json.loads(third.stdout) == json.loads(first.stdout)
