@@ -17,23 +17,16 @@ from typing import Any
 import pytest
 
 from blockframe import _core
-from blockframe.archive import Archive, Index
+from blockframe.archive import Archive, Index, open_archive_at
 from blockframe.archive import catalog as catalog_mod
 from blockframe.format import manifest as manifest_mod
 from blockframe.format.manifest import MANIFEST, REPLICA, checksum
 from blockframe.format.names import dirname_for
+from blockframe.storage.volumes import can_lose
 
 from conftest import SMALL, Env, data, garbage
 
 CATALOG = Path(".blockframe") / "catalog.sqlite"
-
-
-@pytest.fixture(autouse=True)
-def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Catalogs that fall back to the user's cache go under the test's directory."""
-    home = tmp_path / "cache-home"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    return home
 
 
 @pytest.fixture
@@ -299,6 +292,35 @@ def test_with_no_catalog_anywhere_reads_still_work(
     (env.archive_dir / ".blockframe").write_bytes(b"not a directory")
     index = Archive(env.archive_dir, SMALL).scan()
     assert view(index) == view(fresh(env, monkeypatch))
+
+
+def test_a_volume_archive_keeps_its_catalog_in_the_users_cache(
+    env: Env, tmp_path: Path, parses: list[str], cache_home: Path
+) -> None:
+    vols = [str(tmp_path / f"vol{i}") for i in range(3)]
+    archive = open_archive_at(vols, SMALL)
+    for i in range(3):
+        archive.commit(env.file(f"v{i}", 20_000 * (i + 1), seed=i), f"v/{i}.bin")
+    first = open_archive_at(vols, SMALL).scan()
+    parses.clear()
+    again = open_archive_at(vols, SMALL)
+    second = again.scan()
+    assert parses == []
+    assert view(second) == view(first)
+    margins = [can_lose(e.manifest) for e in first.entries.values()]
+    assert [e.can_lose() for e in second.entries.values()] == margins
+    assert min(margins) > 0
+    assert list(cache_home.rglob("catalog.sqlite"))
+    assert not list(tmp_path.glob("vol*/.blockframe/catalog.sqlite"))
+    entry = second.entries["v/2.bin"]
+    assert again.open_object(entry).read(0, 1 << 20) == data(60_000, seed=2)
+    # A volume gone: its objects say so without a manifest being read.
+    shutil.rmtree(vols[2])
+    parses.clear()
+    third = open_archive_at(vols, SMALL).scan()
+    left = [can_lose(e.manifest, {2}) for e in first.entries.values()]
+    assert [e.can_lose() for e in third.entries.values()] == left
+    assert left != margins
 
 
 def test_lookups_do_not_create_a_catalog(env: Env) -> None:

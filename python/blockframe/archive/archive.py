@@ -183,13 +183,24 @@ class Archive:
             except (ManifestError, OSError) as e:
                 index.problems.append(Problem(dirname, str(e)))
                 continue
-            if entry is not None and stamp is not None:
+            if entry is not None and cat is not None:
+                m = entry.manifest
+                head = Head.of(m, pin_doc(m))
+                entry = Entry(
+                    entry.name,
+                    entry.path,
+                    None,
+                    entry.manifest_repaired,
+                    entry.volumes,
+                    head=head,
+                    ref=ManifestRef(m),
+                )
                 if entry.manifest_repaired:
                     # The copies were just rewritten: the stamp is theirs now.
                     stamp = stamp_of(self.backend, dirname)
                 if stamp is not None:
                     kept.add(dirname)
-                    put.append((dirname, stamp, Head.of(entry.manifest, pin_doc(entry.manifest))))
+                    put.append((dirname, stamp, head))
             index.add(dirname, entry)
         if cat is not None and (put or len(kept) != len(rows)):
             cat.update(put, [d for d in rows if d not in kept])

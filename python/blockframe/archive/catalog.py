@@ -47,18 +47,16 @@ CATALOG_VERSION = 1
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # files: a pack's table, a JSON array of [name, type, mtime_ns, mode, offset, size,
+    # content_hash, target]; layout: per stripe of a volume object, [[volume, shards], ...]
+    # and its parity count; pin: the object's part of the pin (format/pin.py).
     "CREATE TABLE objects (dirname TEXT PRIMARY KEY, stamp TEXT NOT NULL, name TEXT NOT NULL,"
     " id TEXT NOT NULL, size INTEGER NOT NULL, content_hash TEXT NOT NULL,"
     " tier INTEGER NOT NULL, created TEXT NOT NULL, chunk_size INTEGER NOT NULL,"
     " kind TEXT NOT NULL, mtime_ns INTEGER, mode INTEGER, layout TEXT NOT NULL,"
-    " pin TEXT NOT NULL, digest TEXT NOT NULL)",
-    "CREATE TABLE members (dirname TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,"
-    " type TEXT NOT NULL, mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL,"
-    " offset INTEGER NOT NULL, size INTEGER NOT NULL, content_hash TEXT NOT NULL,"
-    " target TEXT NOT NULL, PRIMARY KEY (dirname, seq)) WITHOUT ROWID",
-    "CREATE INDEX members_name ON members (name)",
+    " pin TEXT NOT NULL, files TEXT NOT NULL, digest TEXT NOT NULL)",
 )
-_OBJECT_COLUMNS = 15
+_OBJECT_COLUMNS = 16
 _IN_BATCH = 500  # dirnames per "IN (...)" query
 
 # Opening a file never follows a link at its name (where the platform can say so).
@@ -75,7 +73,7 @@ class CatalogUnusable(OSError):
 # -- stamps ---------------------------------------------------------------------------------
 
 
-def _stat_stamp(path: Path) -> str | None:
+def _stat_stamp(path: str) -> str | None:
     try:
         st = os.lstat(path)
     except OSError:
@@ -85,11 +83,11 @@ def _stat_stamp(path: Path) -> str | None:
     return f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}.{st.st_ctime_ns}"
 
 
-def stamp_dir(obj_dir: Path, marker: bool = False) -> str | None:
+def stamp_dir(obj_dir: str, marker: bool = False) -> str | None:
     """The stamp of the manifest copies in ``obj_dir`` (and of its commit marker), or None
     when it holds no manifest copy at all (nothing worth caching)."""
     names = (MANIFEST, REPLICA, COMMITTING) if marker else (MANIFEST, REPLICA)
-    parts = [_stat_stamp(obj_dir / n) for n in names]
+    parts = [_stat_stamp(f"{obj_dir}/{n}") for n in names]
     if parts[0] is None and parts[1] is None:
         return None
     return "|".join(p or "-" for p in parts)
@@ -101,14 +99,14 @@ def stamp_of(backend: object, dirname: str) -> str | None:
     volumes = getattr(backend, "volumes", None)
     root: Path = backend.root  # type: ignore[attr-defined]
     if volumes is None:
-        return stamp_dir(root / dirname)
+        return stamp_dir(f"{root}/{dirname}")
     parts = []
     for i, vol in volumes.present_volumes():
         local = vol.local_path()
         if local is None:
             # A bucket may hold the only copy: its changes could not be seen.
             return None
-        s = stamp_dir(local / dirname, marker=True)
+        s = stamp_dir(f"{local}/{dirname}", marker=True)
         parts.append(f"{i}:{s or '-'}")
     if not parts or all(p.endswith(":-") for p in parts):
         return None
@@ -118,8 +116,10 @@ def stamp_of(backend: object, dirname: str) -> str | None:
 # -- rows -------------------------------------------------------------------------------------
 
 
-def _digest(fields: tuple[object, ...], members: list[tuple[object, ...]]) -> str:
-    return _core.blake3(repr((fields, members)).encode()).hex()[:32]
+def _digest(fields: tuple[object, ...]) -> str:
+    """What a row's digest column holds: its other fields, hashed (damage, not forgery:
+    the catalog is only ever as trusted as the archive directory holding it)."""
+    return _core.blake3(repr(fields).encode()).hex()[:32]
 
 
 def _layout_text(layout: Layout) -> str:
@@ -131,10 +131,6 @@ def _layout_of(text: str) -> Layout:
         (tuple((int(v), int(n)) for v, n in counts), int(parity))
         for counts, parity in json.loads(text)
     )
-
-
-def _member_row(dirname: str, seq: int, m: Member) -> tuple[object, ...]:
-    return (dirname, seq, m.name, m.type, m.mtime_ns, m.mode, m.offset, m.size)
 
 
 class Catalog:
@@ -162,9 +158,8 @@ class Catalog:
             try:
                 if dirnames is None:
                     objects = conn.execute("SELECT * FROM objects").fetchall()
-                    members = conn.execute("SELECT * FROM members ORDER BY dirname, seq").fetchall()
                 else:
-                    objects, members = [], []
+                    objects = []
                     wanted = list(dirnames)
                     for i in range(0, len(wanted), _IN_BATCH):
                         part = wanted[i : i + _IN_BATCH]
@@ -172,21 +167,13 @@ class Catalog:
                         objects += conn.execute(
                             f"SELECT * FROM objects WHERE dirname IN ({marks})", part
                         ).fetchall()
-                        members += conn.execute(
-                            f"SELECT * FROM members WHERE dirname IN ({marks}) "
-                            "ORDER BY dirname, seq",
-                            part,
-                        ).fetchall()
             except sqlite3.Error as e:
                 self._failed(e)
                 return {}
-        tables: dict[str, list[tuple[object, ...]]] = {}
-        for m in members:
-            tables.setdefault(m[0], []).append(m)
         out: dict[str, Row] = {}
         bad = 0
         for row in objects:
-            found = _row(row, tables.get(row[0], []))
+            found = _row(row)
             if found is None:
                 bad += 1
             else:
@@ -198,10 +185,17 @@ class Catalog:
     def update(self, put: Iterable[tuple[str, str, Head]], drop: Iterable[str]) -> None:
         """Replace the rows of ``put`` (dirname, stamp, head) and remove those of ``drop``."""
         objects: list[tuple[object, ...]] = []
-        members: list[tuple[object, ...]] = []
         gone = set(drop)
         for dirname, stamp, h in put:
             gone.add(dirname)
+            files = json.dumps(
+                [
+                    [m.name, m.type, m.mtime_ns, m.mode, m.offset, m.size, m.content_hash, m.target]
+                    for m in h.members
+                ],
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             fields = (
                 dirname,
                 stamp,
@@ -217,13 +211,9 @@ class Catalog:
                 h.mode,
                 _layout_text(h.layout),
                 h.pin or "",
+                files,
             )
-            table = [
-                (*_member_row(dirname, i, m), m.content_hash, m.target)
-                for i, m in enumerate(h.members)
-            ]
-            objects.append((*fields, _digest(fields, table)))
-            members += table
+            objects.append((*fields, _digest(fields)))
         if not gone:
             return
         with self._lock:
@@ -234,12 +224,8 @@ class Catalog:
                 with conn:
                     keys = [(d,) for d in gone]
                     conn.executemany("DELETE FROM objects WHERE dirname = ?", keys)
-                    conn.executemany("DELETE FROM members WHERE dirname = ?", keys)
                     marks = ",".join("?" * _OBJECT_COLUMNS)
                     conn.executemany(f"INSERT INTO objects VALUES ({marks})", objects)
-                    conn.executemany(
-                        "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", members
-                    )
             except sqlite3.Error as e:
                 self._failed(e)
 
@@ -266,21 +252,19 @@ class Catalog:
             self._close()
 
 
-def _row(row: tuple[object, ...], table: list[tuple[object, ...]]) -> Row | None:
-    """The stamp and head of a row of ``objects`` and its members, None if it is damaged."""
+def _row(row: tuple[object, ...]) -> Row | None:
+    """The stamp and head of a row of ``objects``, None if it is damaged."""
     if len(row) != _OBJECT_COLUMNS:
         return None
     fields, digest = row[:-1], row[-1]
-    if _digest(fields, table) != digest:
+    if _digest(fields) != digest:
         return None
     try:
         (_, stamp, name, id_, size, content_hash, tier, created, chunk_size, kind, mtime, mode) = (
             fields[:12]
         )
-        members = tuple(
-            Member(m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9])  # type: ignore[arg-type]
-            for m in table
-        )
+        files = json.loads(fields[14])  # type: ignore[arg-type]
+        members = tuple(Member(*m) for m in files)
         head = Head(
             name,  # type: ignore[arg-type]
             id_,  # type: ignore[arg-type]

@@ -209,9 +209,18 @@ class Entry:
     ``path`` and ``manifest`` are the pack's and ``name`` the member's).
 
     ``head`` is what listings need; ``manifest`` (with every chunk hash) is loaded on first
-    use when the entry came from the catalog. Entries are immutable."""
+    use when the entry came from the catalog. Entries are never changed once made."""
 
-    __slots__ = ("_ref", "head", "manifest_repaired", "member", "name", "path", "volumes")
+    __slots__ = (
+        "_ref",
+        "dirname",
+        "head",
+        "manifest_repaired",
+        "member",
+        "name",
+        "path",
+        "volumes",
+    )
 
     name: str
     path: Path
@@ -220,6 +229,8 @@ class Entry:
     # The volumes of a volume archive (None: the object is one directory, ``path``).
     volumes: VolumeSet | None
     member: Member | None
+    # ``<name>_<id>``: the object's directory (on every volume).
+    dirname: str
     _ref: ManifestRef
 
     def __init__(
@@ -239,17 +250,14 @@ class Entry:
             head = head or Head.of(manifest)
         if head is None or ref is None:
             raise TypeError("an Entry needs a manifest, or a head and a manifest reference")
-        setter = object.__setattr__
-        setter(self, "name", name)
-        setter(self, "path", path)
-        setter(self, "head", head)
-        setter(self, "manifest_repaired", tuple(manifest_repaired))
-        setter(self, "volumes", volumes)
-        setter(self, "member", member)
-        setter(self, "_ref", ref)
-
-    def __setattr__(self, key: str, value: object) -> None:
-        raise AttributeError(f"Entry is immutable ({key})")
+        self.name = name
+        self.path = path
+        self.head = head
+        self.manifest_repaired = tuple(manifest_repaired)
+        self.volumes = volumes
+        self.member = member
+        self._ref = ref
+        self.dirname = path.name
 
     def _key(self) -> tuple[object, ...]:
         return (self.name, self.path, self.head, self.manifest_repaired, self.member)
@@ -309,21 +317,17 @@ class Entry:
 
     def member_entry(self, member: Member) -> Entry:
         """The entry of one file of this pack."""
-        return Entry(
-            member.name,
-            self.path,
-            None,
-            self.manifest_repaired,
-            self.volumes,
-            member,
-            head=self.head,
-            ref=self._ref,
-        )
-
-    @property
-    def dirname(self) -> str:
-        """``<name>_<id>``: the object's directory (on every volume)."""
-        return self.path.name
+        # Made field by field: a listing makes one per file of every pack.
+        out = object.__new__(Entry)
+        out.name = member.name
+        out.path = self.path
+        out.head = self.head
+        out.manifest_repaired = self.manifest_repaired
+        out.volumes = self.volumes
+        out.member = member
+        out._ref = self._ref
+        out.dirname = self.dirname
+        return out
 
     @property
     def status(self) -> str:
@@ -342,20 +346,33 @@ class Entry:
 
     def summary(self) -> dict[str, str | int]:
         """What `list --json` and `GET /api/files` say of an object."""
-        h = self.head
-        out: dict[str, str | int] = {
-            "name": self.name,
-            "size": self.size,
-            "tier": h.tier,
-            "status": self.status,
-            "id": h.id,
-            "content_hash": self.content_hash,
-            "created": h.created,
-            "mtime_ns": self.mtime_ns,
-            "mode": self.mode,
-        }
-        if self.member is not None:
-            out["pack"] = self.dirname
+        h, m = self.head, self.member
+        out: dict[str, str | int]
+        if m is not None:
+            out = {
+                "name": self.name,
+                "size": m.size,
+                "tier": h.tier,
+                "status": self.status,
+                "id": h.id,
+                "content_hash": m.content_hash,
+                "created": h.created,
+                "mtime_ns": m.mtime_ns,
+                "mode": m.mode,
+                "pack": self.dirname,
+            }
+        else:
+            out = {
+                "name": self.name,
+                "size": h.size,
+                "tier": h.tier,
+                "status": self.status,
+                "id": h.id,
+                "content_hash": h.content_hash,
+                "created": h.created,
+                "mtime_ns": self.mtime_ns,
+                "mode": self.mode,
+            }
         if self.volumes is not None:
             out["volumes_can_lose"] = self.can_lose()
         return out
@@ -407,9 +424,20 @@ class Index:
         if not entry.head.is_pack:
             self._offer(entry.name, key, entry)
             return
+        given, entries = self._given_by, self.entries
         for m in entry.head.members:
-            node = entry.member_entry(m) if m.type == "file" else m
-            self._offer(m.name, key, node)
+            name = m.name
+            if name in given:
+                self._offer(name, key, entry.member_entry(m) if m.type == "file" else m)
+                continue
+            # The common case, inline (a listing adds every file of every pack).
+            given[name] = key
+            if m.type == "file":
+                entries[name] = entry.member_entry(m)
+            elif m.type == "dir":
+                self.dirs[name] = m
+            else:
+                self.links[name] = m
 
     def given_by(self, name: str) -> str | None:
         """The directory of the object that gives ``name`` (None: no such name)."""
