@@ -165,45 +165,86 @@ class Archive:
         self, dirnames: Iterable[str], cat: Catalog | None = None, whole: bool = False
     ) -> Index:
         """The index of ``dirnames`` (``whole``: every directory of the archive, so rows
-        of any other directory are dropped from the catalog)."""
-        index = Index()
+        of any other directory are dropped from the catalog).
+
+        Entries of the previous scan whose stamp is unchanged are reused as they are (the
+        view keeps the readers it opened on them), and when nothing at all changed since
+        the previous whole scan, so is its index: a rescan then costs a few ``lstat`` per
+        object."""
         wanted = list(dirnames)
-        rows = {} if cat is None else cat.rows(None if whole else wanted)
+        if cat is None:
+            return self._load_all(wanted)
+        stamps = {d: stamp_of(self.backend, d) for d in wanted}
+        memo: dict[str, tuple[str, Entry]] = getattr(self, "_memo", {})
+        last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
+        if whole and last is not None and last[0] == stamps and None not in stamps.values():
+            return last[1]
+        missing = [d for d in wanted if not (d in memo and memo[d][0] == stamps[d])]
+        rows = cat.rows(None if whole and len(missing) == len(wanted) else missing)
+        index = Index()
         put: list[tuple[str, str, Head]] = []
         kept: set[str] = set()
+        fresh: dict[str, tuple[str, Entry]] = {}
         for dirname in wanted:
-            stamp = stamp_of(self.backend, dirname) if cat is not None else None
+            stamp = stamps[dirname]
+            held = memo.get(dirname)
+            if stamp is not None and held is not None and held[0] == stamp:
+                kept.add(dirname)
+                fresh[dirname] = held
+                index.add(dirname, held[1])
+                continue
             row = rows.get(dirname)
             if stamp is not None and row is not None and row[0] == stamp:
                 kept.add(dirname)
-                index.add(dirname, self._lazy(dirname, row[1]))
+                entry = self._lazy(dirname, row[1])
+                fresh[dirname] = (stamp, entry)
+                index.add(dirname, entry)
                 continue
+            try:
+                loaded = self.backend.load(dirname)
+            except (ManifestError, OSError) as e:
+                index.problems.append(Problem(dirname, str(e)))
+                continue
+            if loaded is None:
+                index.add(dirname, None)
+                continue
+            m = loaded.manifest
+            head = Head.of(m, pin_doc(m))
+            entry = Entry(
+                loaded.name,
+                loaded.path,
+                None,
+                loaded.manifest_repaired,
+                loaded.volumes,
+                head=head,
+                ref=ManifestRef(m),
+            )
+            if entry.manifest_repaired:
+                # The copies were just rewritten: the stamp is theirs now.
+                stamp = stamps[dirname] = stamp_of(self.backend, dirname)
+            if stamp is not None:
+                kept.add(dirname)
+                put.append((dirname, stamp, head))
+                fresh[dirname] = (stamp, entry)
+            index.add(dirname, entry)
+        known = set(rows) | (set(memo) & set(wanted) if not whole else set(memo))
+        if put or known - kept:
+            cat.update(put, [d for d in known if d not in kept])
+        if whole:
+            self._memo = fresh
+            self._last = (stamps, index)
+        return index
+
+    def _load_all(self, dirnames: list[str]) -> Index:
+        """The index of ``dirnames`` from their manifests (no catalog)."""
+        index = Index()
+        for dirname in dirnames:
             try:
                 entry = self.backend.load(dirname)
             except (ManifestError, OSError) as e:
                 index.problems.append(Problem(dirname, str(e)))
                 continue
-            if entry is not None and cat is not None:
-                m = entry.manifest
-                head = Head.of(m, pin_doc(m))
-                entry = Entry(
-                    entry.name,
-                    entry.path,
-                    None,
-                    entry.manifest_repaired,
-                    entry.volumes,
-                    head=head,
-                    ref=ManifestRef(m),
-                )
-                if entry.manifest_repaired:
-                    # The copies were just rewritten: the stamp is theirs now.
-                    stamp = stamp_of(self.backend, dirname)
-                if stamp is not None:
-                    kept.add(dirname)
-                    put.append((dirname, stamp, head))
             index.add(dirname, entry)
-        if cat is not None and (put or len(kept) != len(rows)):
-            cat.update(put, [d for d in rows if d not in kept])
         return index
 
     def _lazy(self, dirname: str, head: Head) -> Entry:
