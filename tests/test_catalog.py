@@ -410,3 +410,41 @@ def test_list_json_is_the_same_from_the_catalog(env: Env) -> None:
     (env.archive_dir / CATALOG).unlink()
     third = env.run("list", "--json")
     assert json.loads(third.stdout) == json.loads(first.stdout)
+
+
+def test_a_remote_archive_is_listed_from_a_local_cache(
+    env: Env, monkeypatch: pytest.MonkeyPatch, cache_home: Path
+) -> None:
+    from test_remote import Server
+
+    from blockframe.archive.remote import RemoteArchive
+    from blockframe.format.pin import pin_of
+
+    commit_some(env, 3)
+    contents = make_pack(env)
+    pin = pin_of(e.manifest for e in fresh(env, monkeypatch).entries.values())
+    fetched: list[str] = []
+    real = RemoteArchive._entry
+
+    def counting(self: RemoteArchive, name: str) -> Any:
+        fetched.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(RemoteArchive, "_entry", counting)
+    server = Server(env)
+    try:
+        first = RemoteArchive(server.url).scan()
+        assert len(fetched) == 3 + 1  # every object once, the pack by its first file
+        assert list(cache_home.rglob("catalog.sqlite"))
+        fetched.clear()
+        remote = RemoteArchive(server.url, pin=pin)
+        second = remote.scan()
+        assert fetched == []  # the cache described every listed file: no manifest fetched
+        assert view(second) == view(first)
+        for name, raw in contents.items():
+            assert remote.open_object(remote.get(name)).read(0, 1 << 20) == raw
+        assert len(fetched) == 1  # one manifest for the whole pack, fetched to read it
+        assert remote.open_object(second.entries["dir/f1.bin"]).read(0, 5000) == data(1037, 1)
+        remote.close()
+    finally:
+        server.stop()

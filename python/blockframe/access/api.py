@@ -230,6 +230,7 @@ class BlockFrameArchive:
         else:
             self._local = Archive(text, storage)
         self._cache = _core.Cache(CACHE_BYTES)
+        self._tree: tuple[Index, NameTree] | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -259,7 +260,12 @@ class BlockFrameArchive:
         """The usable objects as a directory tree (``a/b`` is the file ``b`` in the
         directory ``a``); scanned afresh at each call."""
         index = self._index()
-        return NameTree(index.entries, index.dirs, index.links)
+        cached = self._tree
+        if cached is not None and cached[0] is index:
+            return cached[1]  # nothing changed since: the same scan
+        tree = NameTree(index.entries, index.dirs, index.links)
+        self._tree = (index, tree)
+        return tree
 
     def stat(self, name: str) -> FileInfo:
         """The object called ``name``; :class:`blockframe.errors.NotFoundError` if none."""

@@ -276,6 +276,14 @@ class Archive:
             return d.startswith(PACKS) or (d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
 
         listing = self._listing(candidate)
+        last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
+        if last is not None:
+            # The last whole scan still holds: the same candidates, none changed.
+            then = {d: s for d, s in last[0].items() if candidate(d)}
+            if set(then) == set(listing.objects) and all(
+                s is not None and stamp_of(self.backend, d) == s for d, s in then.items()
+            ):
+                return last[1].entries.get(name)
         return self._index(listing.objects, self._catalog(create=False)).entries.get(name)
 
     def get(self, name: str) -> Entry:

@@ -421,6 +421,15 @@ def identity_of(backend: object) -> str | None:
     return f"volumes {volumes.archive_id} {volumes.location}"
 
 
+def open_cache_catalog(identity: str) -> Catalog:
+    """A catalog in the user's cache for ``identity`` (a remote archive), else in memory."""
+    try:
+        return _connect(_cache_place(identity), identity, True)
+    except (OSError, sqlite3.Error) as e:
+        log.debug("no cached catalog for %s: %s", identity, e)
+        return memory_catalog()
+
+
 def open_catalog(backend: object, create: bool = True) -> Catalog | None:
     """The catalog of ``backend``'s archive: its own (a directory archive), else one in
     the user's cache, else one in memory. With ``create`` false, only a catalog that
