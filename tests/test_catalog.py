@@ -146,10 +146,10 @@ def _sql(path: Path, *statements: str) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "empty", "truncated", "version", "schema", "row", "stamp", "foreign"],
+    ["garbage", "empty", "truncated", "version", "schema", "row", "stamp", "identity", "foreign"],
 )
 def test_a_damaged_or_foreign_catalog_is_rebuilt_from_the_manifests(
-    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, parses: list[str]
 ) -> None:
     commit_some(env)
     truth = fresh(env, monkeypatch)
@@ -170,6 +170,9 @@ def test_a_damaged_or_foreign_catalog_is_rebuilt_from_the_manifests(
         _sql(cat, "UPDATE objects SET size = 999999, name = 'evil'")
     elif damage == "stamp":
         _sql(cat, "UPDATE objects SET stamp = 'x'")
+    elif damage == "identity":
+        # Rows that would all match, in a catalog made for another archive.
+        _sql(cat, "UPDATE meta SET value = 'directory 0:0' WHERE key = 'archive'")
     else:
         # The catalog of another archive, planted in this one.
         other = Env(tmp_path / "other")
@@ -178,9 +181,16 @@ def test_a_damaged_or_foreign_catalog_is_rebuilt_from_the_manifests(
         a.commit(other.file("x.bin", 300), "dir/f0.bin")
         a.scan()
         shutil.copyfile(other.archive_dir / CATALOG, cat)
-    index = Archive(env.archive_dir, SMALL).scan()
+    parses.clear()
+    archive = Archive(env.archive_dir, SMALL)
+    index = archive.scan()
     assert view(index) == view(truth)
+    assert len(parses) == 2 * 4  # nothing in it was trusted
     assert _rows(cat) == _expected_rows(truth)
+    conn = sqlite3.connect(cat)
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    conn.close()
+    assert meta["archive"] == catalog_mod.identity_of(archive.backend)
     assert read_all(Archive(env.archive_dir, SMALL), "dir/f1.bin") == data(1037, seed=1)
 
 

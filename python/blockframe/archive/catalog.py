@@ -407,9 +407,9 @@ def _cache_place(identity: str) -> Path:
 
 
 def identity_of(backend: object) -> str | None:
-    """What names an archive for its catalog: its directory and that directory's inode
-    (a copy or another archive at the same path is another archive), or its volumes'
-    label and locations. None when it cannot be told (then only memory is used)."""
+    """What names an archive for its catalog: its directory's device and inode (a copy,
+    or another archive at the same path, is another archive), or its volumes' label and
+    locations. None when it cannot be told (then only memory is used)."""
     volumes = getattr(backend, "volumes", None)
     if volumes is None:
         root: Path = backend.root  # type: ignore[attr-defined]
@@ -417,7 +417,9 @@ def identity_of(backend: object) -> str | None:
             st = os.stat(root)
         except OSError:
             return None
-        return f"directory {root} {st.st_dev}:{st.st_ino}"
+        # Not its path: the same archive reached by another path (a link, a bind mount)
+        # must not rebuild the catalog of the other; a moved archive keeps it.
+        return f"directory {st.st_dev}:{st.st_ino}"
     return f"volumes {volumes.archive_id} {volumes.location}"
 
 
