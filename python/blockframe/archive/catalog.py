@@ -127,6 +127,8 @@ def _layout_text(layout: Layout) -> str:
 
 
 def _layout_of(text: str) -> Layout:
+    if text == "[]":
+        return ()
     return tuple(
         (tuple((int(v), int(n)) for v, n in counts), int(parity))
         for counts, parity in json.loads(text)
@@ -263,8 +265,8 @@ def _row(row: tuple[object, ...]) -> Row | None:
         (_, stamp, name, id_, size, content_hash, tier, created, chunk_size, kind, mtime, mode) = (
             fields[:12]
         )
-        files = json.loads(fields[14])  # type: ignore[arg-type]
-        members = tuple(Member(*m) for m in files)
+        files = fields[14]
+        members = () if files == "[]" else tuple(Member(*m) for m in json.loads(files))  # type: ignore[arg-type]
         head = Head(
             name,  # type: ignore[arg-type]
             id_,  # type: ignore[arg-type]
