@@ -29,6 +29,7 @@ import os
 import sqlite3
 import stat
 import threading
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
@@ -145,6 +146,8 @@ class Catalog:
         self.where = where
         self.path = path
         self._lock = threading.Lock()
+        # Closed explicitly when the catalog goes (an archive keeps one while it lives).
+        weakref.finalize(self, conn.close)
 
     @property
     def persistent(self) -> bool:
