@@ -19,6 +19,7 @@ import pytest
 from blockframe import _core
 from blockframe.archive import Archive, Index, open_archive_at
 from blockframe.archive import catalog as catalog_mod
+from blockframe.errors import ManifestError
 from blockframe.format import manifest as manifest_mod
 from blockframe.format.manifest import MANIFEST, REPLICA, checksum
 from blockframe.format.names import dirname_for
@@ -458,3 +459,55 @@ def test_a_remote_archive_is_listed_from_a_local_cache(
         remote.close()
     finally:
         server.stop()
+
+
+def test_the_mount_view_and_fsspec_start_from_rows_and_read_on_demand(
+    env: Env, parses: list[str]
+) -> None:
+    from blockframe.access.fsspec import BlockFrameFileSystem
+    from blockframe.access.view import ArchiveView
+
+    commit_some(env, 3)
+    contents = make_pack(env)
+    Archive(env.archive_dir, SMALL).scan()
+    parses.clear()
+    view_ = ArchiveView(Archive(env.archive_dir, SMALL), repair=False)
+    try:
+        assert view_.stat("/p/sub/b.bin").size == FILES["p/sub/b.bin"]
+        assert view_.stat("/p/sub").is_dir and view_.stat("/p/emptydir").perm == 0o755
+        assert view_.readlink("/p/link") == "sub/b.bin"
+        assert sorted(view_.listdir("/p")) == ["a.txt", "empty", "emptydir", "link", "sub"]
+        assert view_.stat("/dir/f1.bin").size == 1037
+        assert parses == []  # start-up, stat, readdir: rows only
+        handle = view_.open("/p/sub/c")
+        assert view_.read(handle, 0, 1 << 20) == contents["p/sub/c"]
+        assert len(parses) == 2  # the pack's manifest, read for its bytes
+    finally:
+        view_.close()
+    fs = BlockFrameFileSystem(archive=str(env.archive_dir))
+    parses.clear()
+    assert fs.info("p/a.txt")["size"] == 300
+    assert sorted(fs.ls("dir", detail=False)) == [f"dir/f{i}.bin" for i in range(3)]
+    assert parses == []
+    assert fs.cat_file("dir/f0.bin") == data(1000, seed=0)
+
+
+def test_a_manifest_changed_between_listing_and_reading_is_refused_then_relisted(
+    env: Env,
+) -> None:
+    commit_some(env, 2)
+    Archive(env.archive_dir, SMALL).scan()
+    archive = Archive(env.archive_dir, SMALL)
+    entry = archive.scan().entries["dir/f1.bin"]  # from its row
+    # Another valid manifest in its place (a different commit time): the row is stale.
+    doc: dict[str, Any] = json.loads((entry.path / MANIFEST).read_bytes())
+    doc["created"] = "2001-01-01T00:00:00+00:00"
+    doc.pop("checksum")
+    doc["checksum"] = checksum(doc)
+    for copy in (MANIFEST, REPLICA):
+        (entry.path / copy).write_bytes(json.dumps(doc).encode())
+    with pytest.raises(ManifestError, match="changed since"):
+        archive.open_object(entry)
+    again = Archive(env.archive_dir, SMALL).scan().entries["dir/f1.bin"]
+    assert again.head.created == "2001-01-01T00:00:00+00:00"
+    assert Archive(env.archive_dir, SMALL).open_object(again).read(0, 5000) == data(1037, 1)
