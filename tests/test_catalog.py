@@ -511,3 +511,17 @@ def test_a_manifest_changed_between_listing_and_reading_is_refused_then_relisted
     again = Archive(env.archive_dir, SMALL).scan().entries["dir/f1.bin"]
     assert again.head.created == "2001-01-01T00:00:00+00:00"
     assert Archive(env.archive_dir, SMALL).open_object(again).read(0, 5000) == data(1037, 1)
+
+
+def test_a_catalog_damaged_while_open_is_dropped_and_reads_go_on(env: Env) -> None:
+    archive = commit_some(env, 2)
+    archive.scan()  # the archive holds its catalog open from now on
+    (env.archive_dir / CATALOG).write_bytes(b"\0garbage" * 1000)
+    archive.commit(env.file("late.bin", 321, seed=5), "late.bin")
+    index = archive.scan()
+    assert sorted(index.entries) == ["dir/f0.bin", "dir/f1.bin", "late.bin"]
+    assert archive.open_object(index.entries["late.bin"]).read(0, 1000) == data(321, seed=5)
+    # The next opening makes a sound one.
+    again = Archive(env.archive_dir, SMALL)
+    assert sorted(again.scan().entries) == sorted(index.entries)
+    assert _rows(env.archive_dir / CATALOG) == _expected_rows(index)

@@ -244,7 +244,7 @@ class Catalog:
         if self.path is not None:
             # Damaged under us: the next opening starts a new one.
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                _unlink(self.path)
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -366,6 +366,16 @@ def _open_file(directory: Path, create_dir: bool) -> tuple[Path, os.stat_result,
     return directory / CATALOG_FILE, dst, fst
 
 
+def _unlink(path: Path) -> None:
+    """Remove the catalog file ``path``, following no link on the way: not its name, nor a
+    directory swapped for a link since it was opened."""
+    dfd = os.open(path.parent, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+    try:
+        os.unlink(path.name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def _connect(directory: Path, identity: str, create_dir: bool) -> Catalog:
     """The catalog in ``directory``: reused if it is one for ``identity``, else replaced
     by a new one. OSError or sqlite3.Error when it cannot be used there."""
@@ -388,7 +398,7 @@ def _connect(directory: Path, identity: str, create_dir: bool) -> Catalog:
             if attempt:
                 raise
             log.info("%s: %s: made anew from the manifests", path, e)
-            os.unlink(path)  # never follows a link: it removes the name
+            _unlink(path)
         except BaseException:
             conn.close()
             raise
