@@ -185,7 +185,9 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 
         # What `mount --remote URL --pin PIN` checks a server's catalog against.
         pin = pin_of_docs(_pin_docs(entries))
-        objects = [{**e.summary(), "directory": e.dirname} for e in entries]
+        objects = [e.summary() for e in entries]
+        for obj, e in zip(objects, entries, strict=True):
+            obj["directory"] = e.dirname
         problems = [{"path": p.path, "reason": p.reason} for p in index.problems]
         _print_json_doc({"pin": pin, "objects": objects, "problems": problems})
         return 0
