@@ -525,3 +525,26 @@ def test_a_catalog_damaged_while_open_is_dropped_and_reads_go_on(env: Env) -> No
     again = Archive(env.archive_dir, SMALL)
     assert sorted(again.scan().entries) == sorted(index.entries)
     assert _rows(env.archive_dir / CATALOG) == _expected_rows(index)
+
+
+def test_a_lost_manifest_copy_that_cannot_be_restored_is_reported_at_every_listing(
+    env: Env, parses: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import blockframe.archive.directory as directory_mod
+
+    archive = commit_some(env)
+    (archive.get("dir/f1.bin").path / REPLICA).unlink()
+
+    def refused(path: Path, data: bytes) -> None:
+        raise PermissionError(errno.EROFS, "read-only file system", str(path))
+
+    # The archive cannot be written (root ignores modes): the copy is not restored.
+    monkeypatch.setattr(directory_mod, "atomic_write", refused)
+    for attempt in range(3):
+        caplog.clear()
+        parses.clear()
+        index = Archive(env.archive_dir, SMALL).scan()
+        assert sorted(index.entries) == [f"dir/f{i}.bin" for i in range(4)]
+        assert f"{REPLICA}: missing" in caplog.text
+        if attempt:
+            assert parses == [MANIFEST]  # only that object is read again

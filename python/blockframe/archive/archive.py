@@ -222,7 +222,7 @@ class Archive:
             if entry.manifest_repaired:
                 # The copies were just rewritten: the stamp is theirs now.
                 stamp = stamps[dirname] = stamp_of(self.backend, dirname)
-            if stamp is not None:
+            if stamp is not None and not self._copy_lost(stamp):
                 kept.add(dirname)
                 put.append((dirname, stamp, head))
                 fresh[dirname] = (stamp, entry)
@@ -234,6 +234,12 @@ class Archive:
             self._memo = fresh
             self._last = (stamps, index)
         return index
+
+    def _copy_lost(self, stamp: str) -> bool:
+        """Whether a one-directory object's stamp shows a manifest copy missing or not a
+        file (a read-only archive, where it could not be restored): such an object is
+        read again, and its lost copy reported, at every listing, as without a catalog."""
+        return self.backend.volumes is None and any(p in ("-", "x") for p in stamp.split("|"))
 
     def _load_all(self, dirnames: list[str]) -> Index:
         """The index of ``dirnames`` from their manifests (no catalog)."""
