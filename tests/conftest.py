@@ -89,6 +89,15 @@ class Env:
         return self.archive.get(name).path
 
 
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's cache directory (catalogs of volume archives, health state of buckets)
+    is the test's own, for the CLI it runs too."""
+    home = tmp_path / "cache-home"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     (tmp_path / "config.toml").write_text(CONFIG_TOML)

@@ -157,7 +157,8 @@ def test_listing(served: Server) -> None:
     assert [f["name"] for f in listing] == sorted(FILES)
     entries = served.env.archive.scan().entries
     for f in listing:
-        m = entries[f["name"]].manifest
+        entry = entries[f["name"]]
+        m = entry.manifest
         assert f == {
             "name": m.name,
             "size": FILES[m.name],

@@ -67,15 +67,15 @@ class FileInfo:
 
     @classmethod
     def from_entry(cls, entry: Entry) -> FileInfo:
-        m = entry.manifest
+        h = entry.head  # not the manifest: a listing reads no chunk hash
         return cls(
             entry.name,
             entry.size,
-            m.tier,
+            h.tier,
             entry.status,
-            m.id,
+            h.id,
             entry.content_hash,
-            m.created,
+            h.created,
             entry.mtime_ns,
             entry.mode,
         )
@@ -230,6 +230,7 @@ class BlockFrameArchive:
         else:
             self._local = Archive(text, storage)
         self._cache = _core.Cache(CACHE_BYTES)
+        self._tree: tuple[Index, NameTree] | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -259,7 +260,12 @@ class BlockFrameArchive:
         """The usable objects as a directory tree (``a/b`` is the file ``b`` in the
         directory ``a``); scanned afresh at each call."""
         index = self._index()
-        return NameTree(index.entries, index.dirs, index.links)
+        cached = self._tree
+        if cached is not None and cached[0] is index:
+            return cached[1]  # nothing changed since: the same scan
+        tree = NameTree(index.entries, index.dirs, index.links)
+        self._tree = (index, tree)
+        return tree
 
     def stat(self, name: str) -> FileInfo:
         """The object called ``name``; :class:`blockframe.errors.NotFoundError` if none."""
@@ -278,7 +284,7 @@ class BlockFrameArchive:
             assert self._local is not None
             obj = self._local.open_object(entry, self._cache)
             raw = ObjectReader(obj, _repair)
-        size = buffer_size or max(MIN_BUFFER, entry.manifest.chunk_size)
+        size = buffer_size or max(MIN_BUFFER, entry.head.chunk_size)
         return io.BufferedReader(raw, buffer_size=size)
 
     def commit(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from blockframe import _core
+from blockframe.archive.catalog import Catalog, open_catalog, stamp_of
 from blockframe.archive.commit import (
     ObjectMeta,
     Source,
@@ -28,8 +30,10 @@ from blockframe.archive.directory import DirectoryBackend
 from blockframe.archive.entry import (
     CommitResult,
     Entry,
+    Head,
     Index,
     Listing,
+    ManifestRef,
     Problem,
     Progress,
     RestoreReport,
@@ -46,6 +50,7 @@ from blockframe.errors import (
 from blockframe.format.manifest import Manifest
 from blockframe.format.members import PACK_PREFIX
 from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_name
+from blockframe.format.pin import pin_doc
 from blockframe.storage.volumes import VolumeSet
 from blockframe.testhook import crash_point
 
@@ -53,6 +58,9 @@ from blockframe.testhook import crash_point
 PACKS = encode(PACK_PREFIX)
 
 log = logging.getLogger(__name__)
+
+# Held while an archive opens its catalog (once per Archive).
+_CATALOGS = threading.Lock()
 
 
 class Backend(Protocol):
@@ -155,10 +163,12 @@ class Archive:
     # -- index ----------------------------------------------------------------------------
 
     def scan(self) -> Index:
-        """Load every object's manifest. Bad entries (stray files and directories, damaged
-        manifests, names that do not match) are recorded in ``problems`` and skipped."""
+        """Every object of the archive, from the catalog where its rows are current and
+        from manifests where they are not (the catalog is then brought up to date). Bad
+        entries (stray files and directories, damaged manifests, names that do not match)
+        are recorded in ``problems`` and skipped."""
         # Strays are loaded too, so that each is reported with what is wrong with it.
-        return self._index(self._listing().top())
+        return self._index(self._listing().top(), self._catalog(create=True), whole=True)
 
     def _listing(self, only: Callable[[str], bool] | None = None) -> Listing:
         listing = self.backend.listing(only)
@@ -166,7 +176,98 @@ class Archive:
             log.warning("%s", why)
         return listing
 
-    def _index(self, dirnames: Iterable[str]) -> Index:
+    def _catalog(self, create: bool) -> Catalog | None:
+        """The archive's catalog, opened once (with ``create`` false: only if one exists)."""
+        with _CATALOGS:
+            cat: Catalog | None = getattr(self, "_cat", None)
+            if cat is None:
+                cat = open_catalog(self.backend, create)
+                if cat is not None:
+                    self._cat = cat
+            return cat
+
+    def _index(
+        self, dirnames: Iterable[str], cat: Catalog | None = None, whole: bool = False
+    ) -> Index:
+        """The index of ``dirnames`` (``whole``: every directory of the archive, so rows
+        of any other directory are dropped from the catalog).
+
+        Entries of the previous scan whose stamp is unchanged are reused as they are (the
+        view keeps the readers it opened on them), and when nothing at all changed since
+        the previous whole scan, so is its index: a rescan then costs a few ``lstat`` per
+        object."""
+        wanted = list(dirnames)
+        if cat is None:
+            return self._load_all(wanted)
+        stamps = {d: stamp_of(self.backend, d) for d in wanted}
+        memo: dict[str, tuple[str, Entry]] = getattr(self, "_memo", {})
+        last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
+        if whole and last is not None and last[0] == stamps and None not in stamps.values():
+            return last[1]
+        missing = [d for d in wanted if not (d in memo and memo[d][0] == stamps[d])]
+        rows = cat.rows(None if whole and len(missing) == len(wanted) else missing)
+        index = Index()
+        put: list[tuple[str, str, Head]] = []
+        kept: set[str] = set()
+        fresh: dict[str, tuple[str, Entry]] = {}
+        for dirname in wanted:
+            stamp = stamps[dirname]
+            held = memo.get(dirname)
+            if stamp is not None and held is not None and held[0] == stamp:
+                kept.add(dirname)
+                fresh[dirname] = held
+                index.add(dirname, held[1])
+                continue
+            row = rows.get(dirname)
+            if stamp is not None and row is not None and row[0] == stamp:
+                kept.add(dirname)
+                entry = self._lazy(dirname, row[1])
+                fresh[dirname] = (stamp, entry)
+                index.add(dirname, entry)
+                continue
+            try:
+                loaded = self.backend.load(dirname)
+            except (ManifestError, OSError) as e:
+                index.problems.append(Problem(dirname, str(e)))
+                continue
+            if loaded is None:
+                index.add(dirname, None)
+                continue
+            m = loaded.manifest
+            head = Head.of(m, pin_doc(m))
+            entry = Entry(
+                loaded.name,
+                loaded.path,
+                None,
+                loaded.manifest_repaired,
+                loaded.volumes,
+                head=head,
+                ref=ManifestRef(m),
+            )
+            if entry.manifest_repaired:
+                # The copies were just rewritten: the stamp is theirs now.
+                stamp = stamps[dirname] = stamp_of(self.backend, dirname)
+            if stamp is not None and not self._copy_lost(stamp):
+                kept.add(dirname)
+                put.append((dirname, stamp, head))
+                fresh[dirname] = (stamp, entry)
+            index.add(dirname, entry)
+        known = set(rows) | (set(memo) & set(wanted) if not whole else set(memo))
+        if put or known - kept:
+            cat.update(put, [d for d in known if d not in kept])
+        if whole:
+            self._memo = fresh
+            self._last = (stamps, index)
+        return index
+
+    def _copy_lost(self, stamp: str) -> bool:
+        """Whether a one-directory object's stamp shows a manifest copy missing or not a
+        file (a read-only archive, where it could not be restored): such an object is
+        read again, and its lost copy reported, at every listing, as without a catalog."""
+        return self.backend.volumes is None and any(p in ("-", "x") for p in stamp.split("|"))
+
+    def _load_all(self, dirnames: list[str]) -> Index:
+        """The index of ``dirnames`` from their manifests (no catalog)."""
         index = Index()
         for dirname in dirnames:
             try:
@@ -177,15 +278,44 @@ class Archive:
             index.add(dirname, entry)
         return index
 
+    def _lazy(self, dirname: str, head: Head) -> Entry:
+        """The entry of a catalog row: its manifest is read when its bytes are, and must
+        still be the object the row describes."""
+        backend = self.backend
+
+        def load() -> Manifest:
+            entry = backend.load(dirname)
+            if entry is None or not Head.of(entry.manifest).same_object(head):
+                raise ManifestError(f"{dirname}: changed since the archive was listed")
+            return entry.manifest
+
+        return Entry(
+            head.name,
+            backend.root / dirname,
+            volumes=backend.volumes,
+            head=head,
+            ref=ManifestRef(load=load),
+        )
+
     def find(self, name: str) -> Entry | None:
-        """The file called ``name``, loading only the manifests of directories that could
-        hold it: objects of that name, and packs (not the whole archive)."""
+        """The file called ``name``, looking only at directories that could hold it:
+        objects of that name, and packs (not the whole archive); from the catalog when
+        there is one."""
         prefix = dirname_prefix(name)
 
         def candidate(d: str) -> bool:
             return d.startswith(PACKS) or (d.startswith(prefix) and len(d) == len(prefix) + ID_LEN)
 
-        return self._index(self._listing(candidate).objects).entries.get(name)
+        listing = self._listing(candidate)
+        last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
+        if last is not None:
+            # The last whole scan still holds: the same candidates, none changed.
+            then = {d: s for d, s in last[0].items() if candidate(d)}
+            if set(then) == set(listing.objects) and all(
+                s is not None and stamp_of(self.backend, d) == s for d, s in then.items()
+            ):
+                return last[1].entries.get(name)
+        return self._index(listing.objects, self._catalog(create=False)).entries.get(name)
 
     def get(self, name: str) -> Entry:
         """Like :meth:`find`, but a missing name is a NotFoundError."""

@@ -78,15 +78,16 @@ def kind_of(mode: int) -> FileKind:
     return "other"
 
 
-def is_object_dir(path: Path) -> bool:
+def is_object_dir(path: Path | str) -> bool:
     """Whether directory ``path`` is an object's: it holds a manifest copy or a commit
     marker, or it is named ``<name>_<16 hex>`` and holds our shard layout (DESIGN §5). An
     object that lost both manifest copies is still an object (reported unusable, never
     passed over as a stray)."""
-    if any(os.path.lexists(path / f) for f in (MANIFEST, REPLICA, COMMITTING)):
+    base = os.fspath(path)  # joined as text: a listing asks this of every object
+    if any(os.path.lexists(f"{base}/{f}") for f in (MANIFEST, REPLICA, COMMITTING)):
         return True
-    return bool(_OBJECT_DIR.fullmatch(path.name)) and any(
-        os.path.lexists(path / part) for part in _SHARD_LAYOUT
+    return bool(_OBJECT_DIR.fullmatch(os.path.basename(base))) and any(
+        os.path.lexists(f"{base}/{part}") for part in _SHARD_LAYOUT
     )
 
 
@@ -113,7 +114,7 @@ def list_dir(root: Path, volume: Path | None = None, only: Only = None) -> Listi
             continue  # vanished while listing
         if not stat.S_ISDIR(mode):
             out.strays.append(StrayEntry(name, volume, kind_of(mode)))
-        elif is_object_dir(root / name):
+        elif is_object_dir(entry.path):
             out.objects.append(name)
         else:
             out.strays.append(StrayEntry(name, volume, "directory"))

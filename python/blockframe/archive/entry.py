@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from blockframe.errors import ManifestError, UsageError
 from blockframe.format.manifest import Manifest
-from blockframe.format.members import Member
+from blockframe.format.members import FILE, PACK, Member
 from blockframe.format.names import check_stored_name, dirname_for
 
 if TYPE_CHECKING:
@@ -91,23 +91,197 @@ def newest_first(copies: Iterable[tuple[str, str]]) -> list[str]:
     return [d for _, d in sorted(copies, reverse=True)]
 
 
-@dataclass(frozen=True)
+# Per stripe of a volume object: how many shards each volume holds, and how many of
+# the stripe's shards are parity (what :meth:`Entry.can_lose` needs, no chunk hash).
+Layout = tuple[tuple[tuple[tuple[int, int], ...], int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What readers of names need of an object's manifest: everything but its stripes and
+    chunk hashes. A catalog row (:mod:`blockframe.archive.catalog`) gives it without
+    reading the manifest; :meth:`of` takes it from a manifest."""
+
+    name: str
+    id: str
+    size: int
+    content_hash: str
+    tier: int
+    created: str
+    chunk_size: int
+    kind: str = FILE
+    mtime_ns: int | None = None  # a file's, as committed (None: not recorded)
+    mode: int | None = None
+    members: tuple[Member, ...] = ()  # a pack's table
+    layout: Layout = ()  # volume objects only
+    # The object's share of the archive's pin (format/pin.py), when known without the
+    # manifest; derived data, so not part of what the object is.
+    pin: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, m: Manifest, pin: str | None = None) -> Head:
+        layout: Layout = ()
+        if m.volumes:
+            layout = tuple(
+                (tuple(sorted(m.volume_counts(si).items())), len(st.parity))
+                for si, st in enumerate(m.stripes)
+            )
+        return cls(
+            m.name,
+            m.id,
+            m.size,
+            m.content_hash,
+            m.tier,
+            m.created,
+            m.chunk_size,
+            m.kind,
+            m.mtime_ns,
+            m.mode,
+            m.members,
+            layout,
+            pin,
+        )
+
+    @property
+    def is_pack(self) -> bool:
+        return self.kind == PACK
+
+    def same_object(self, other: Head) -> bool:
+        """Whether ``other`` describes the same object (placements may differ: health
+        moves shards of lost volumes)."""
+        return (
+            self.name,
+            self.id,
+            self.size,
+            self.content_hash,
+            self.tier,
+            self.created,
+            self.chunk_size,
+            self.kind,
+            self.mtime_ns,
+            self.mode,
+            self.members,
+        ) == (
+            other.name,
+            other.id,
+            other.size,
+            other.content_hash,
+            other.tier,
+            other.created,
+            other.chunk_size,
+            other.kind,
+            other.mtime_ns,
+            other.mode,
+            other.members,
+        )
+
+
+class ManifestRef:
+    """An object's manifest, given or loaded on first use (then kept): entries listed from
+    the catalog read their manifest only when their bytes are read. Shared by every entry
+    of one object (the files of a pack)."""
+
+    __slots__ = ("_load", "_manifest")
+
+    def __init__(
+        self, manifest: Manifest | None = None, load: Callable[[], Manifest] | None = None
+    ) -> None:
+        if manifest is None and load is None:
+            raise TypeError("a manifest or a way to load it is needed")
+        self._manifest = manifest
+        self._load = load
+
+    @property
+    def loaded(self) -> bool:
+        return self._manifest is not None
+
+    def get(self) -> Manifest:
+        m = self._manifest
+        if m is None:
+            assert self._load is not None
+            # Two threads may both load it: each gets a valid manifest, one is kept.
+            m = self._manifest = self._load()
+        return m
+
+
 class Entry:
     """One file of the archive: a committed object, or a file of a pack (``member``; then
-    ``path`` and ``manifest`` are the pack's and ``name`` the member's)."""
+    ``path`` and ``manifest`` are the pack's and ``name`` the member's).
+
+    ``head`` is what listings need; ``manifest`` (with every chunk hash) is loaded on first
+    use when the entry came from the catalog. Entries are never changed once made."""
+
+    __slots__ = (
+        "_ref",
+        "dirname",
+        "head",
+        "manifest_repaired",
+        "member",
+        "name",
+        "path",
+        "volumes",
+    )
 
     name: str
     path: Path
-    manifest: Manifest
-    manifest_repaired: tuple[str, ...] = ()
+    head: Head
+    manifest_repaired: tuple[str, ...]
     # The volumes of a volume archive (None: the object is one directory, ``path``).
-    volumes: VolumeSet | None = field(default=None, compare=False, repr=False)
-    member: Member | None = None
+    volumes: VolumeSet | None
+    member: Member | None
+    # ``<name>_<id>``: the object's directory (on every volume).
+    dirname: str
+    _ref: ManifestRef
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        manifest: Manifest | None = None,
+        manifest_repaired: tuple[str, ...] = (),
+        volumes: VolumeSet | None = None,
+        member: Member | None = None,
+        *,
+        head: Head | None = None,
+        ref: ManifestRef | None = None,
+    ) -> None:
+        if manifest is not None:
+            ref = ManifestRef(manifest)
+            head = head or Head.of(manifest)
+        if head is None or ref is None:
+            raise TypeError("an Entry needs a manifest, or a head and a manifest reference")
+        self.name = name
+        self.path = path
+        self.head = head
+        self.manifest_repaired = tuple(manifest_repaired)
+        self.volumes = volumes
+        self.member = member
+        self._ref = ref
+        self.dirname = path.name
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.name, self.path, self.head, self.manifest_repaired, self.member)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.path, self.head.content_hash))
+
+    def __repr__(self) -> str:
+        return f"Entry(name={self.name!r}, path={self.path!r}, member={self.member!r})"
+
+    @property
+    def manifest(self) -> Manifest:
+        """The object's full manifest (read now if the entry came from the catalog)."""
+        return self._ref.get()
 
     @property
     def size(self) -> int:
         """The file's size in bytes."""
-        return self.member.size if self.member is not None else self.manifest.size
+        return self.member.size if self.member is not None else self.head.size
 
     @property
     def offset(self) -> int:
@@ -118,7 +292,7 @@ class Entry:
     def content_hash(self) -> str:
         """BLAKE3 of the file's bytes, 64 hex digits."""
         m = self.member
-        return m.content_hash if m is not None else self.manifest.content_hash
+        return m.content_hash if m is not None else self.head.content_hash
 
     @property
     def mtime_ns(self) -> int:
@@ -126,31 +300,34 @@ class Entry:
         versions 1 and 2, which did not record it."""
         if self.member is not None:
             return self.member.mtime_ns
-        if self.manifest.mtime_ns is not None:
-            return self.manifest.mtime_ns
-        return created_ns(self.manifest.created)
+        if self.head.mtime_ns is not None:
+            return self.head.mtime_ns
+        return created_ns(self.head.created)
 
     @property
     def mode(self) -> int:
         """The file's permission bits as committed (0o644 when not recorded)."""
         if self.member is not None:
             return self.member.mode
-        return self.manifest.mode if self.manifest.mode is not None else DEFAULT_MODE
+        return self.head.mode if self.head.mode is not None else DEFAULT_MODE
 
     def members(self) -> list[Entry]:
         """The files of a pack, each an entry of its own (none for other objects)."""
-        return [self.member_entry(m) for m in self.manifest.members if m.type == "file"]
+        return [self.member_entry(m) for m in self.head.members if m.type == "file"]
 
     def member_entry(self, member: Member) -> Entry:
         """The entry of one file of this pack."""
-        return Entry(
-            member.name, self.path, self.manifest, self.manifest_repaired, self.volumes, member
-        )
-
-    @property
-    def dirname(self) -> str:
-        """``<name>_<id>``: the object's directory (on every volume)."""
-        return self.path.name
+        # Made field by field: a listing makes one per file of every pack.
+        out = object.__new__(Entry)
+        out.name = member.name
+        out.path = self.path
+        out.head = self.head
+        out.manifest_repaired = self.manifest_repaired
+        out.volumes = self.volumes
+        out.member = member
+        out._ref = self._ref
+        out.dirname = self.dirname
+        return out
 
     @property
     def status(self) -> str:
@@ -161,30 +338,52 @@ class Entry:
         -1 when absent volumes already took more than parity can rebuild)."""
         if self.volumes is None:
             return 0
-        from blockframe.storage.volumes import can_lose
+        from blockframe.storage.volumes import can_lose_layout
 
-        used = {sh.volume for st in self.manifest.stripes for sh in st.shards}
-        return can_lose(self.manifest, used - self.volumes.present)
+        layout = self.head.layout
+        absent = {v for counts, _ in layout for v, _ in counts} - self.volumes.present
+        return can_lose_layout(layout, absent)
 
     def summary(self) -> dict[str, str | int]:
         """What `list --json` and `GET /api/files` say of an object."""
-        m = self.manifest
-        out: dict[str, str | int] = {
-            "name": self.name,
-            "size": self.size,
-            "tier": m.tier,
-            "status": self.status,
-            "id": m.id,
-            "content_hash": self.content_hash,
-            "created": m.created,
-            "mtime_ns": self.mtime_ns,
-            "mode": self.mode,
-        }
-        if self.member is not None:
-            out["pack"] = self.dirname
+        h, m = self.head, self.member
+        out: dict[str, str | int]
+        if m is not None:
+            out = {
+                "name": self.name,
+                "size": m.size,
+                "tier": h.tier,
+                "status": self.status,
+                "id": h.id,
+                "content_hash": m.content_hash,
+                "created": h.created,
+                "mtime_ns": m.mtime_ns,
+                "mode": m.mode,
+                "pack": self.dirname,
+            }
+        else:
+            out = {
+                "name": self.name,
+                "size": h.size,
+                "tier": h.tier,
+                "status": self.status,
+                "id": h.id,
+                "content_hash": h.content_hash,
+                "created": h.created,
+                "mtime_ns": self.mtime_ns,
+                "mode": self.mode,
+            }
         if self.volumes is not None:
             out["volumes_can_lose"] = self.can_lose()
         return out
+
+    def pin_doc(self) -> str:
+        """The object's share of the archive's pin (format/pin.py)."""
+        if self.head.pin is not None:
+            return self.head.pin
+        from blockframe.format.pin import pin_doc
+
+        return pin_doc(self.manifest)
 
 
 @dataclass(frozen=True)
@@ -221,13 +420,24 @@ class Index:
             self.problems.append(Problem(dirname, "stray file (not an object directory)"))
             return
         self.objects[entry.dirname] = entry
-        key = (entry.manifest.created, entry.dirname)
-        if not entry.manifest.is_pack:
+        key = (entry.head.created, entry.dirname)
+        if not entry.head.is_pack:
             self._offer(entry.name, key, entry)
             return
-        for m in entry.manifest.members:
-            node = entry.member_entry(m) if m.type == "file" else m
-            self._offer(m.name, key, node)
+        given, entries = self._given_by, self.entries
+        for m in entry.head.members:
+            name = m.name
+            if name in given:
+                self._offer(name, key, entry.member_entry(m) if m.type == "file" else m)
+                continue
+            # The common case, inline (a listing adds every file of every pack).
+            given[name] = key
+            if m.type == "file":
+                entries[name] = entry.member_entry(m)
+            elif m.type == "dir":
+                self.dirs[name] = m
+            else:
+                self.links[name] = m
 
     def given_by(self, name: str) -> str | None:
         """The directory of the object that gives ``name`` (None: no such name)."""
@@ -255,7 +465,7 @@ class Index:
 
     def _superseded(self, name: str, dirname: str) -> None:
         loser = self.objects.get(dirname)
-        if loser is not None and not loser.manifest.is_pack:
+        if loser is not None and not loser.head.is_pack:
             self.problems.append(Problem(dirname, f"older copy of {name!r} (superseded)"))
 
 

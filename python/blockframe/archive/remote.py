@@ -19,17 +19,18 @@ from urllib.parse import quote
 import httpx
 
 from blockframe import _core
-from blockframe.archive.entry import Entry, Index, Problem
+from blockframe.archive.catalog import Catalog, open_cache_catalog
+from blockframe.archive.entry import Entry, Head, Index, ManifestRef, Problem
 from blockframe.archive.reader import ArchivedObject
 from blockframe.config import TOKEN_ENV, token_from
 from blockframe.errors import ArchiveError, ManifestError, NotFoundError, UsageError
-from blockframe.format.manifest import MAX_MANIFEST, parse
+from blockframe.format.manifest import MAX_MANIFEST, Manifest, parse
 from blockframe.format.names import (
     dirname_for,
     display_name,
     validate_name,
 )
-from blockframe.format.pin import check_pin, pin_of
+from blockframe.format.pin import check_pin, pin_doc, pin_of_docs
 from blockframe.storage.http import BoundedClient, TooLarge
 from blockframe.storage.readahead import FetchAhead
 
@@ -80,6 +81,7 @@ class RemoteArchive:
         )
         self._down_until = 0.0
         self._pinned: dict[str, Entry] | None = None
+        self._cat: Catalog | None = None
 
     # -- index ----------------------------------------------------------------------------
 
@@ -92,7 +94,7 @@ class RemoteArchive:
             raise ArchiveError(f"{self.root}: unauthorized (set {TOKEN_ENV} or [server] token)")
         return status, body
 
-    def _listing(self) -> list[str]:
+    def _listing(self) -> list[dict[str, object]]:
         status, body = self._get("/api/files", LISTING_MAX)
         if status != 200:
             raise ArchiveError(f"{self.root}: listing failed with HTTP {status}")
@@ -102,30 +104,79 @@ class RemoteArchive:
             raise ArchiveError(f"{self.root}: the listing is not JSON") from None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ArchiveError(f"{self.root}: the listing is not a list of objects")
-        return [i.get("name") for i in items]
+        return items
+
+    def _catalog(self) -> Catalog:
+        if self._cat is None:
+            self._cat = open_cache_catalog(f"remote {self.root}")
+        return self._cat
 
     def scan(self) -> Index:
-        """Fetch the listing and every manifest; objects whose manifest does not validate
-        are skipped and reported, as for a local archive. With a pin, the catalog must
+        """Fetch the listing, and the manifest of every object the local cache of this
+        server's catalog does not already describe as listed; objects whose manifest does
+        not validate are skipped and reported, as for a local archive. Entries from the
+        cache fetch their manifest when first read, and it must then be the object (and,
+        with a pin, the very manifest) the cache described. With a pin, the catalog must
         match it exactly (ArchiveError otherwise)."""
         index = Index()
-        for name in self._listing():
+        cat = self._catalog()
+        rows = cat.rows()
+        put: list[tuple[str, str, Head]] = []
+        kept: set[str] = set()
+        for item in self._listing():
+            name = item.get("name")
             if not isinstance(name, str) or not _valid(name):
                 index.problems.append(Problem(display(name), "invalid object name (skipped)"))
                 continue
             if name in index.entries:
                 continue  # a file of a pack whose manifest came with an earlier name
+            listed = _listed(name, item)
+            row = rows.get(listed[0]) if listed is not None else None
+            if (
+                listed is not None
+                and row is not None
+                and row[0] == listed[1]
+                and _agrees(row[1], name, item)
+            ):
+                kept.add(listed[0])
+                index.add(name, self._lazy(name, listed[0], row[1]))
+                continue
             try:
-                index.add(name, self._entry(name))
+                entry = self._entry(name)
             except (ManifestError, ArchiveError, NotFoundError) as e:
                 index.problems.append(Problem(name, str(e)))
+                continue
+            m = entry.manifest
+            head = Head.of(m, pin_doc(m))
+            index.add(name, Entry(m.name, entry.path, head=head, ref=ManifestRef(m)))
+            if listed is not None and listed[0] == entry.dirname:
+                kept.add(entry.dirname)
+                put.append((entry.dirname, listed[1], head))
+        if put or set(rows) - kept:
+            cat.update(put, [d for d in rows if d not in kept])
         if self.pin is not None:
             self._check_pin(index)
         return index
 
+    def _lazy(self, name: str, dirname: str, head: Head) -> Entry:
+        """An object known from the cache: its manifest is fetched (by ``name``, one of
+        its files) when its bytes are first read."""
+
+        def load() -> Manifest:
+            m = self._entry(name).manifest
+            if not Head.of(m).same_object(head) or pin_doc(m) != head.pin:
+                raise ManifestError(f"{name}: the server's manifest changed since it was listed")
+            return m
+
+        return Entry(head.name, Path(dirname), head=head, ref=ManifestRef(load=load))
+
     def _check_pin(self, index: Index) -> None:
         assert self.pin is not None
-        got = pin_of(e.manifest for e in index.entries.values())
+        docs: dict[str, str] = {}
+        for e in index.entries.values():
+            if e.head.name not in docs:
+                docs[e.head.name] = e.pin_doc()
+        got = pin_of_docs(docs)
         if index.problems or got != self.pin:
             why = f"; {len(index.problems)} object(s) unusable" if index.problems else ""
             raise ArchiveError(
@@ -178,6 +229,8 @@ class RemoteArchive:
     def close(self) -> None:
         self._ahead.close()
         self._client.close()
+        if self._cat is not None:
+            self._cat.close()
 
     # -- shard ranges ---------------------------------------------------------------------
 
@@ -221,6 +274,37 @@ class RemoteArchive:
             log.error("%s: %s shard %d/%d: HTTP %d", self.root, name, stripe, shard, status)
             raise RemoteError(f"HTTP {status}")
         raise AssertionError("unreachable")
+
+
+def _listed(name: str, item: dict[str, object]) -> tuple[str, str] | None:
+    """The directory a listed file is in and the stamp of what the listing says of it:
+    a cached row of that directory with that stamp describes the same manifest. None when
+    the item lacks what that needs (then its manifest is fetched)."""
+    created, id_, pack = item.get("created"), item.get("id"), item.get("pack")
+    if not isinstance(created, str) or not isinstance(id_, str):
+        return None
+    if pack is not None:
+        return (pack, f"pack|{created}|{id_}") if isinstance(pack, str) and pack else None
+    fields = [item.get(k) for k in ("content_hash", "size", "mtime_ns", "mode")]
+    try:
+        dirname = dirname_for(name, id_)
+    except (UsageError, ValueError):
+        return None
+    return dirname, "file|" + "|".join(map(str, (created, id_, *fields)))
+
+
+def _agrees(head: Head, name: str, item: dict[str, object]) -> bool:
+    """Whether a cached head says of ``name`` what the listing item says."""
+    said = (item.get("size"), item.get("content_hash"), item.get("mtime_ns"), item.get("mode"))
+    if not head.is_pack:
+        h = head
+        mtime = h.mtime_ns if h.mtime_ns is not None else said[2]
+        mode = h.mode if h.mode is not None else said[3]
+        return head.name == name and (h.size, h.content_hash, mtime, mode) == said
+    for m in head.members:
+        if m.name == name:
+            return m.type == "file" and (m.size, m.content_hash, m.mtime_ns, m.mode) == said
+    return False
 
 
 def _valid(name: str) -> bool:

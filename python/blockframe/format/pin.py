@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from blockframe import _core
@@ -23,8 +23,19 @@ def pin_of(manifests: Iterable[Manifest]) -> str:
     """The pin of an archive whose usable objects have these manifests (each object
     counted once, however many of its files are given)."""
     unique = {m.name: m for m in manifests}
-    doc = [_pinned(unique[name]) for name in sorted(unique)]
-    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return pin_of_docs({name: pin_doc(m) for name, m in unique.items()})
+
+
+def pin_doc(m: Manifest) -> str:
+    """One object's part of the pin, serialized as the pin hashes it (a catalog keeps
+    it, so that listing an archive with its pin reads no manifest)."""
+    return json.dumps(_pinned(m), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def pin_of_docs(docs: Mapping[str, str]) -> str:
+    """The pin from each object's :func:`pin_doc`, by object name: the same bytes as
+    serializing the list of documents in name order."""
+    raw = ("[" + ",".join(docs[name] for name in sorted(docs)) + "]").encode()
     return _core.blake3(b"blockframe-pin-v1\n" + raw).hex()
 
 

@@ -73,11 +73,22 @@ def can_lose(m: Manifest, absent: Iterable[int] = (), bad: Sequence[int] | None 
     readable: per stripe, the shards already lost (on ``absent`` volumes, plus ``bad[s]``
     other bad shards of stripe ``s``) and those of the largest remaining volumes must stay
     within the parity. -1 when something is lost already."""
+    layout = [(m.volume_counts(si).items(), len(st.parity)) for si, st in enumerate(m.stripes)]
+    return can_lose_layout(layout, absent, bad)
+
+
+def can_lose_layout(
+    layout: Iterable[tuple[Iterable[tuple[int, int]], int]],
+    absent: Iterable[int] = (),
+    bad: Sequence[int] | None = None,
+) -> int:
+    """:func:`can_lose` over a layout: per stripe, ``(volume, shards)`` pairs and the
+    number of parity shards (what a catalog row keeps of a manifest)."""
     gone = set(absent)
     worst: int | None = None
-    for si, st in enumerate(m.stripes):
-        counts = m.volume_counts(si)
-        budget = len(st.parity) - sum(n for v, n in counts.items() if v in gone)
+    for si, (pairs, parity) in enumerate(layout):
+        counts = dict(pairs)
+        budget = parity - sum(n for v, n in counts.items() if v in gone)
         budget -= bad[si] if bad is not None else 0
         if budget < 0:
             return -1

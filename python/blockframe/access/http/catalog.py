@@ -59,6 +59,7 @@ class Catalog:
         # The tree's files are in name order and servable names only, and so is this.
         self._entries = dict(self.view.tree.files)
         self._layout = _layout(index)
+        self._index = index
         self.problems = len(index.problems)
         self._scanned = time.monotonic()
 
@@ -67,6 +68,10 @@ class Catalog:
         with self._lock:
             if force or time.monotonic() - self._scanned >= RESCAN_INTERVAL:
                 index = self.archive.scan()
+                if index is self._index:
+                    # Nothing changed (the archive reused its last scan): nothing to redo.
+                    self._scanned = time.monotonic()
+                    return
                 if _layout(index) != self._layout:
                     self.view.refresh(index)
                 self._adopt(index)
