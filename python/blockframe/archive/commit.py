@@ -115,7 +115,7 @@ def with_hashes(meta: ObjectMeta | None, member_hashes: list[bytes]) -> ObjectMe
         return meta
     files = iter(member_hashes)
     members = tuple(
-        replace(m, content_hash=next(files, EMPTY_HASH).hex()) if m.type == "file" else m
+        m._replace(content_hash=next(files, EMPTY_HASH).hex()) if m.type == "file" else m
         for m in meta.members
     )
     return replace(meta, members=members)
