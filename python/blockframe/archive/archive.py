@@ -14,10 +14,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from blockframe import _core
-from blockframe.archive.catalog import Catalog, open_catalog, stamp_of
 from blockframe.archive.commit import (
     ObjectMeta,
     Source,
@@ -53,6 +52,9 @@ from blockframe.format.names import ID_LEN, dirname_prefix, encode, validate_nam
 from blockframe.format.pin import pin_doc
 from blockframe.storage.volumes import VolumeSet
 from blockframe.testhook import crash_point
+
+if TYPE_CHECKING:
+    from blockframe.archive.catalog import Catalog
 
 # What the directory of every pack starts with (FORMAT.md §18).
 PACKS = encode(PACK_PREFIX)
@@ -181,6 +183,10 @@ class Archive:
         with _CATALOGS:
             cat: Catalog | None = getattr(self, "_cat", None)
             if cat is None:
+                # Imported here: health and commit never list through the catalog, and
+                # sqlite is a tenth of a cold start.
+                from blockframe.archive.catalog import open_catalog
+
                 cat = open_catalog(self.backend, create)
                 if cat is not None:
                     self._cat = cat
@@ -199,6 +205,8 @@ class Archive:
         wanted = list(dirnames)
         if cat is None:
             return self._load_all(wanted)
+        from blockframe.archive.catalog import stamp_of
+
         stamps = {d: stamp_of(self.backend, d) for d in wanted}
         memo: dict[str, tuple[str, Entry]] = getattr(self, "_memo", {})
         last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
@@ -309,6 +317,8 @@ class Archive:
         listing = self._listing(candidate)
         last: tuple[dict[str, str | None], Index] | None = getattr(self, "_last", None)
         if last is not None:
+            from blockframe.archive.catalog import stamp_of
+
             # The last whole scan still holds: the same candidates, none changed.
             then = {d: s for d, s in last[0].items() if candidate(d)}
             if set(then) == set(listing.objects) and all(

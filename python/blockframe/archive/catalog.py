@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -420,7 +419,7 @@ def cache_dir() -> Path:
 
 
 def _cache_place(identity: str) -> Path:
-    return cache_dir() / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    return cache_dir() / _core.blake3(identity.encode()).hex()[:32]
 
 
 def identity_of(backend: object) -> str | None:
