@@ -416,3 +416,22 @@ def test_a_killed_directory_restore_shows_no_output(env: Env, committed: Path, p
     ] == [True]
     assert env.run("restore", "proj", "-o", str(out)).returncode == 0
     assert tree_of(out) == tree_of(committed)
+
+
+def test_list_json_says_of_files_of_packs_what_their_entries_say(
+    env: Env, committed: Path
+) -> None:
+    r = env.run("list", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    index = env.archive.scan()
+    want = [
+        {**e.summary(), "directory": e.dirname}
+        for e in sorted(index.entries.values(), key=lambda e: e.name)
+    ]
+    assert doc["objects"] == want
+    assert [list(o) for o in doc["objects"]] == [list(o) for o in want]  # the key order too
+    assert doc["problems"] == []
+    # Every object on a line of its own.
+    lines = r.stdout.decode().splitlines()
+    assert sum(line.startswith('    {"name": ') for line in lines) == len(FILES)

@@ -9,7 +9,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import stat
 import sys
 import time
@@ -138,6 +137,8 @@ def bucket_lock(
     time; removed when done. A lock older than ``stale`` seconds (its commit died) is
     broken; one held longer than ``wait`` seconds is an ArchiveError."""
     from blockframe.errors import ArchiveError
+
+    import socket  # here: only a bucket's lock names its host
 
     rel = f"{STATE_DIR}/{COMMIT_LOCK}"
     me = uuid.uuid4().hex
