@@ -136,9 +136,9 @@ def bucket_lock(
     put (``If-None-Match: *``), so that commits from different machines publish one at a
     time; removed when done. A lock older than ``stale`` seconds (its commit died) is
     broken; one held longer than ``wait`` seconds is an ArchiveError."""
-    from blockframe.errors import ArchiveError
-
     import socket  # here: only a bucket's lock names its host
+
+    from blockframe.errors import ArchiveError
 
     rel = f"{STATE_DIR}/{COMMIT_LOCK}"
     me = uuid.uuid4().hex
