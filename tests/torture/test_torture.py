@@ -271,6 +271,7 @@ def test_the_oracle_refuses_a_refusal_of_intact_bytes(tmp_path: Path) -> None:
         o.state[rel] = bytes([orig[0] ^ 1]) + orig[1:]
     lost = e.lost_ranges(o)
     assert lost and lost[0][0] == 0
-    e.refused(o, "test", None, (0, 10))  # overlaps the lost chunk: allowed
+    f = e.file_of(o)
+    e.refused(f, "test", None, (0, 10))  # overlaps the lost chunk: allowed
     with pytest.raises(TortureFailure, match="which parity could rebuild"):
-        e.refused(o, "test", None, (len(o.content) - 10, len(o.content)))
+        e.refused(f, "test", None, (len(o.content) - 10, len(o.content)))
