@@ -129,6 +129,10 @@ class Stats:
     commits: int = 0
     folders: int = 0  # directory commits (counted in commits too)
     packed_files: int = 0  # files of those that went into packs
+    pack_shards_damaged: int = 0
+    packs_beyond_parity: int = 0  # by damage-beyond
+    packed_bytes_verified: int = 0  # read back from files of packs (any reader)
+    packed_refused: int = 0  # refusals of files of packs (each under a lost range)
     crashes: int = 0
     # kill point -> times chosen ("... (not reached)": the command finished first)
     kill_points: Counter[str] = field(default_factory=Counter)
@@ -328,6 +332,7 @@ class Engine:
                 False, f"{via}: {o.name} [{offset}, +{len(got)}) returned {wrong} wrong bytes"
             )
         self.stats.bytes_verified += len(got)
+        self.stats.packed_bytes_verified += len(got) if o.packed else 0
 
     def lost_ranges(self, o: Obj) -> list[tuple[int, int]]:
         """File byte ranges beyond parity: chunk positions of a stripe with more bad shards
@@ -389,6 +394,7 @@ class Engine:
             f"rebuild (lost: {self.lost_ranges(o)}): {detail!r}",
         )
         self.stats.reads_refused += 1
+        self.stats.packed_refused += f.packed
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -672,7 +678,8 @@ class Engine:
             f"crash left a visible partial object: {sorted(set(visible) - known_dirs)}",
         )
 
-    def expect_bytes_raw(self, name: str, want: bytes, got: bytes) -> None:
+    def expect_bytes_raw(self, name: str, want: bytes, got: bytes, packed: bool = False) -> None:
+        self.stats.packed_bytes_verified += len(got) if packed else 0
         if got != want:
             self.stats.wrong_bytes += max(
                 1, sum(1 for a, b in zip(got, want, strict=False) if a != b)
@@ -791,8 +798,11 @@ class Engine:
         o.state = self.read_state(o)
         after = {r for r, c in o.state.items() if c != o.orig[r]}
         self.stats.shards_damaged += len(after - before)
+        if o.name.startswith(".pack/"):
+            self.stats.pack_shards_damaged += len(after - before)
         if self.lost(o) and not lost_before:
             self.stats.beyond_parity_objects += 1
+            self.stats.packs_beyond_parity += o.name.startswith(".pack/")
         self.check(
             beyond or lost_before or not self.lost(o),
             f"engine bug: within-parity damage of {o.name} is beyond",
@@ -874,7 +884,7 @@ class Engine:
             # whatever was streamed before the failure is still verified bytes
             self.expect_bytes(f, 0, r.stdout, "restore (partial)")
             return
-        self.expect_bytes_raw(f.name, f.content, r.stdout)
+        self.expect_bytes_raw(f.name, f.content, r.stdout, f.packed)
 
     def age_leftovers(self) -> None:
         past = time.time() - 2 * HOUR
@@ -1036,7 +1046,7 @@ class Engine:
         if out.exists():
             self.check(code != -signal.SIGKILL, f"restore killed at {point} left its output")
             # Exit 1 with an output: every byte out, a shard left unrepaired.
-            self.expect_bytes_raw(f.name, f.content, out.read_bytes())
+            self.expect_bytes_raw(f.name, f.content, out.read_bytes(), f.packed)
             out.unlink()
         else:
             self.check(code != 0, f"restore exit 0 without output of {f.name}")
@@ -1301,7 +1311,7 @@ class Engine:
         for f in files:
             r = self.cli("restore", f.name, "-o", "-")
             self.check(r.returncode == 0, f"final restore of {f.name} failed: {r.stderr!r}")
-            self.expect_bytes_raw(f.name, f.content, r.stdout)
+            self.expect_bytes_raw(f.name, f.content, r.stdout, f.packed)
 
     def run(self, steps: int | None = None, seconds: float | None = None) -> Stats:
         start = time.monotonic()
