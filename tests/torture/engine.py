@@ -134,6 +134,7 @@ class Stats:
     packed_bytes_verified: int = 0  # read back from files of packs (any reader)
     packed_refused: int = 0  # refusals of files of packs (each under a lost range)
     crashes: int = 0
+    finished_by_health: int = 0  # files of killed commits health finished (volumes)
     # kill point -> times chosen ("... (not reached)": the command finished first)
     kill_points: Counter[str] = field(default_factory=Counter)
     shards_damaged: int = 0
@@ -193,6 +194,9 @@ class Engine:
         self.stats = Stats()
         self.objects: dict[str, Obj] = {}
         self.counter = 0
+        # Files of killed commits that were not published: health may yet finish such a
+        # commit (a volume archive whose volume without manifests was lost and replaced).
+        self.pending: dict[str, tuple[Path, bytes]] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.archive_dir = root / "archive"
         # volumes > 0: a volume archive over root/disk0 ... (files keyed relative to root);
@@ -578,6 +582,31 @@ class Engine:
             1 for f in self.all_files() if f.packed and f.name in sources
         )
 
+    def adopt_finished(self, unknown: set[str]) -> None:
+        """Health reported object directories the engine does not know (``unknown``): only
+        a killed commit that health finished may be one. Its files, now listed, must be
+        exactly the ones the commit was given; they are adopted."""
+        if not unknown:
+            return
+        listed = self.listing()
+        names = set(listed) & set(self.pending)
+        self.check(names, f"health reported unknown objects {sorted(unknown)}")
+        self.log(f"health finished a killed commit: {sorted(names)}")
+        for name in sorted(names):
+            r = self.cli("restore", name, "-o", "-")
+            self.check(r.returncode == 0, f"finished {name} does not restore: {r.stderr!r}")
+            self.expect_bytes_raw(name, self.pending[name][1], r.stdout)
+        by_src: dict[Path, set[str]] = {}
+        for name in names:
+            by_src.setdefault(self.pending[name][0], set()).add(name)
+        for src, group in sorted(by_src.items()):
+            self.adopt_folder(src, {n: self.pending[n][1] for n in group}, group)
+            for n in group:
+                del self.pending[n]
+        self.stats.finished_by_health += len(names)
+        known = {o.dirname for o in self.objects.values()}
+        self.check(unknown <= known, f"health reported unknown objects {sorted(unknown - known)}")
+
     def listing(self) -> dict[str, dict[str, Any]]:
         r = self.cli("list", "--json")
         self.check(r.returncode == 0, f"list --json failed: {r.stderr!r}")
@@ -672,6 +701,8 @@ class Engine:
                 for n in o.files:
                     if n in sources:
                         self.check(n in listed, f"{n} of a published object is not listed")
+        for n in set(sources) - set(listed):
+            self.pending[n] = (top if folder else src, sources[n])
         known_dirs = {o.dirname for o in self.objects.values()}
         self.check(
             set(visible) <= known_dirs,
@@ -1010,6 +1041,7 @@ class Engine:
                 self.check(self.read_state(o) == before[o.name], f"--dry-run changed {o.name}")
         else:
             self.observe("health")
+            self.adopt_finished(set(by_dir) - {o.dirname for o in self.objects.values()})
             for o in list(self.objects.values()):
                 if o.name in as_leftover:
                     continue  # kept as a recent left-over: removed by an aged run

@@ -25,7 +25,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="first seed (then seed+1, ...)")
     ap.add_argument("--minutes", type=float, default=5.0, help="total time budget")
     ap.add_argument("--steps", type=int, default=300, help="steps per seed")
-    ap.add_argument("--load-seconds", type=float, default=None, help="default: 10%% of budget")
+    ap.add_argument("--seeds", type=int, default=None, help="stop after N seeds")
+    ap.add_argument(
+        "--load-seconds", type=float, default=None, help="default: 10%% of budget; 0: no load"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument(
         "--volumes",
@@ -56,6 +59,8 @@ def main() -> int:
     failures: list[str] = []
     load = None
     while time.monotonic() - started < budget - load_seconds or not seeds:
+        if args.seeds is not None and len(seeds) >= args.seeds:
+            break
         remaining = budget - load_seconds - (time.monotonic() - started)
         e = Engine(seed, work / f"seed-{seed}", log=log, volumes=args.volumes)
         seeds.append(seed)
@@ -78,9 +83,10 @@ def main() -> int:
             shutil.rmtree(work / f"seed-{seed}", ignore_errors=True)
         seed += 1
     try:
-        load = run_load(work / "load", load_seconds, seed=args.seed)
-        if load["errors"]:
-            failures.append(f"load seed={args.seed}: {load['errors'][:5]}")
+        if load_seconds > 0:
+            load = run_load(work / "load", load_seconds, seed=args.seed)
+            if load["errors"]:
+                failures.append(f"load seed={args.seed}: {load['errors'][:5]}")
     except TortureFailure as f:
         failures.append(f"load: {f}")
     for f in failures:
