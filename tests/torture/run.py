@@ -107,6 +107,7 @@ def main() -> int:
         "files of folders that went into packs": total.packed_files,
         "crashes injected (SIGKILL landed)": total.crashes,
         "kill points chosen": dict(sorted(total.kill_points.items())),
+        "files of killed commits finished by health (volumes)": total.finished_by_health,
         "shards damaged": total.shards_damaged,
         "manifest copies damaged": total.manifests_damaged,
         "objects damaged beyond parity (all reported)": total.beyond_parity_objects,
