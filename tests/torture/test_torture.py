@@ -45,6 +45,7 @@ def test_torture_seed(seed: int, tmp_path: Path) -> None:
     stats = e.run(steps=60)
     assert stats.wrong_bytes == 0 and stats.recoverable_lost == 0
     assert stats.steps == 60 and stats.bytes_verified > 0
+    assert stats.folders > 0 and stats.packed_bytes_verified > 0
     assert all(line.startswith(f"seed={seed} step=") for line in lines)
 
 
