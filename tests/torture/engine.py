@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from blockframe.archive import Archive, Entry, open_archive_at
+from blockframe.archive.entry import Index
 from blockframe.errors import IntegrityError, NotFoundError
 from blockframe.format.manifest import COMMITTING
 from blockframe.testhook import ENV
@@ -135,6 +136,7 @@ class Stats:
     packed_refused: int = 0  # refusals of files of packs (each under a lost range)
     crashes: int = 0
     finished_by_health: int = 0  # files of killed commits health finished (volumes)
+    finished_damaged: int = 0  # such commits damaged by volume losses first (removed)
     # kill point -> times chosen ("... (not reached)": the command finished first)
     kill_points: Counter[str] = field(default_factory=Counter)
     shards_damaged: int = 0
@@ -434,12 +436,9 @@ class Engine:
         entry = self.archive.get(name)
         return self.adopt_entry(entry, src, content, {name: (0, len(content))}, name)
 
-    def adopt_folder(self, top: Path, sources: dict[str, bytes], names: set[str]) -> None:
-        """Snapshot the published objects of the folder ``top`` (whose files' bytes are
-        ``sources``) that the engine does not know yet: those giving ``names``, and every
-        pack under the folder (one holding only directories gives no file name)."""
-        index = self.archive.scan()
-        known = {o.dirname for o in self.objects.values()}
+    @staticmethod
+    def folder_dirs(index: Index, top: Path, names: set[str]) -> dict[str, Entry]:
+        """The published objects giving ``names`` and every pack under the folder ``top``."""
         prefix = f"{top.name}/"
         found: dict[str, Entry] = {}
         for name in sorted(names):
@@ -449,6 +448,15 @@ class Engine:
             members = entry.manifest.members if entry.manifest.is_pack else ()
             if any(x.name.startswith(prefix) for x in members):
                 found.setdefault(d, entry)
+        return found
+
+    def adopt_folder(self, top: Path, sources: dict[str, bytes], names: set[str]) -> None:
+        """Snapshot the published objects of the folder ``top`` (whose files' bytes are
+        ``sources``) that the engine does not know yet: those giving ``names``, and every
+        pack under the folder (one holding only directories gives no file name)."""
+        index = self.archive.scan()
+        known = {o.dirname for o in self.objects.values()}
+        found = self.folder_dirs(index, top, names)
 
         def key(e: Entry) -> str:
             return min(x.name for x in e.manifest.members) if e.manifest.is_pack else e.name
@@ -593,27 +601,58 @@ class Engine:
             1 for f in self.all_files() if f.packed and f.name in sources
         )
 
-    def adopt_finished(self, unknown: set[str]) -> None:
-        """Health reported object directories the engine does not know (``unknown``): only
-        objects of a killed commit that health finished may be such. Their files, now
-        listed, must be exactly the ones the commit was given; they are adopted."""
-        if not unknown:
-            return
+    def settle_pending(self, reports: dict[str, Any] | None = None) -> set[str]:
+        """Volume archives: health (finished or killed) may publish a killed commit whose
+        one volume without manifests was lost and replaced (FORMAT.md section 17). Every file
+        of it now listed must restore exactly (or be refused with a correct prefix); it is
+        then adopted, or removed when the volume losses left it damaged (the engine never
+        snapshotted it, so it cannot judge it further). ``reports``: health's report by
+        directory. Returns the directories handled."""
+        if not self.pending:
+            return set()
         listed = self.listing()
         adopted = {n for o in self.objects.values() for n in o.files}
+        handled: set[str] = set()
         for src, sources in sorted(self.pending.items()):
             names = (set(listed) & set(sources)) - adopted
+            index = self.archive.scan()
+            known = {o.dirname for o in self.objects.values()}
+            dirs = set(self.folder_dirs(index, src, names)) - known
+            if not dirs:
+                continue
+            good = True
             for name in sorted(names):
                 r = self.cli("restore", name, "-o", "-")
-                self.check(r.returncode == 0, f"finished {name} does not restore: {r.stderr!r}")
-                self.expect_bytes_raw(name, sources[name], r.stdout)
-            before = len(self.objects)
-            self.adopt_folder(src, sources, names)
-            if len(self.objects) > before:
-                self.log(f"health finished a killed commit: {sorted(names)}")
-            self.stats.finished_by_health += len(names)
-        known = {o.dirname for o in self.objects.values()}
-        self.check(unknown <= known, f"health reported unknown objects {sorted(unknown - known)}")
+                if r.returncode == 0:
+                    self.expect_bytes_raw(name, sources[name], r.stdout)
+                else:
+                    self.check(
+                        r.stdout == sources[name][: len(r.stdout)],
+                        f"finished {name}: a failed restore wrote wrong bytes",
+                    )
+                    good = False
+            if reports is not None:
+                good = good and all(
+                    reports.get(d, {}).get("status") in (None, "healthy", "repaired") for d in dirs
+                )
+            if good:
+                try:
+                    self.adopt_folder(src, sources, names)
+                except FileNotFoundError:
+                    good = False
+            if good:
+                self.log(f"health finished a killed commit: {sorted(names)} in {sorted(dirs)}")
+                self.stats.finished_by_health += len(names)
+            else:
+                self.log(f"health finished a killed commit damaged by lost volumes: {sorted(dirs)}")
+                for d in dirs:
+                    for home in self.homes():
+                        shutil.rmtree(home / d, ignore_errors=True)
+                for o in [o for o in self.objects.values() if o.dirname in dirs]:
+                    del self.objects[o.name]
+                self.stats.finished_damaged += 1
+            handled |= dirs
+        return handled
 
     def listing(self) -> dict[str, dict[str, Any]]:
         r = self.cli("list", "--json")
@@ -1000,7 +1039,12 @@ class Engine:
         headless -= as_leftover | vanished
         # A vanished object whose empty directories still look like one is unusable.
         shown = {n for n in vanished if self.objects[n].dirname in by_dir}
-        counted = lost | headless | shown | (damaged if dry_run else set())
+        # Objects the engine does not know: a killed commit health finished (see
+        # settle_pending), or, in a dry run, could finish; lost volumes may have damaged it.
+        finished = set(by_dir) - {o.dirname for o in self.objects.values()}
+        self.check(not finished or self.volumes, f"health reported unknown objects {finished}")
+        broken = {d for d in finished if by_dir[d]["status"] in ("damaged", "unusable")}
+        counted = lost | headless | shown | broken | (damaged if dry_run else set())
         want = {1} if counted else {0}
         self.check(
             r.returncode in want,
@@ -1060,7 +1104,11 @@ class Engine:
                 self.check(self.read_state(o) == before[o.name], f"--dry-run changed {o.name}")
         else:
             self.observe("health")
-            self.adopt_finished(set(by_dir) - {o.dirname for o in self.objects.values()})
+            if finished:
+                handled = self.settle_pending(by_dir)
+                self.check(
+                    finished <= handled, f"health reported unknown objects {sorted(finished)}"
+                )
             for o in list(self.objects.values()):
                 if o.name in as_leftover:
                     continue  # kept as a recent left-over: removed by an aged run
@@ -1123,6 +1171,8 @@ class Engine:
         self.log(f"action=crash-health at={point}")
         self.run_killed(point, "health")
         self.observe("killed health")
+        if self.volumes:
+            self.settle_pending()  # it may have finished a killed commit before dying
 
     # -- mount and server --------------------------------------------------------------------
 
