@@ -108,6 +108,7 @@ def main() -> int:
         "crashes injected (SIGKILL landed)": total.crashes,
         "kill points chosen": dict(sorted(total.kill_points.items())),
         "files of killed commits finished by health (volumes)": total.finished_by_health,
+        "killed commits finished damaged by lost volumes (removed)": total.finished_damaged,
         "shards damaged": total.shards_damaged,
         "manifest copies damaged": total.manifests_damaged,
         "objects damaged beyond parity (all reported)": total.beyond_parity_objects,
