@@ -1,16 +1,20 @@
 """The torture engine: a seeded, reproducible randomized loop over a small-geometry archive.
 
-Every step is chosen by ``random.Random(seed)``: commit a file, SIGKILL a ``blockframe commit``
-or ``blockframe health`` subprocess, damage shards or manifests (within or beyond parity),
-read through ``Archive.open().read``, ``blockframe restore -o -``, a real FUSE mount and a
-real ``blockframe serve``, and run ``blockframe health`` (sometimes ``--dry-run``).
+Every step is chosen by ``random.Random(seed)``: commit a file, or a folder as a directory
+(its small files into packs, FORMAT.md section 18); kill a ``blockframe commit``, ``restore``
+or ``health`` subprocess at a test-hook point the seed picks (``BLOCKFRAME_CRASH_AT``, never
+a wall-clock delay); damage shards or manifests (within or beyond parity); read every file,
+of an object or of a pack, through ``Archive.open().read``, ``blockframe restore -o -``, a
+real FUSE mount and a real ``blockframe serve``; and run ``blockframe health`` (sometimes
+``--dry-run``).
 
 The oracle is a model of the damage computed from the files themselves: every file of every
 object is snapshotted right after its commit, and a chunk position of a stripe is *lost* when
 more shards than there are parity shards differ from their snapshot there. Then, at every step:
 
-- every byte returned (by any reader) is the original byte; a read may fail only for an object
-  whose damage is beyond parity (or whose two manifest copies are both damaged);
+- every byte returned (by any reader) is the original byte; a read may fail only where a
+  range lost beyond parity lies under the bytes asked for (for a file of a pack: under its own
+  bytes in the pack), or when both manifest copies are damaged;
 - no file of an object is ever rewritten into anything but its original bytes ("never worse");
 - ``health`` exits 0 and leaves every file byte-identical to its snapshot when all damage is
   within parity; exits 1 naming every object with damage beyond parity, and never writes
