@@ -135,6 +135,24 @@ def test_a_killed_restore_leaves_no_output(root: Path, point: str, force: bool) 
     assert out.read_bytes() == (root / "big.bin").read_bytes()
 
 
+@pytest.mark.parametrize("point", ["health:stripe@0", "health:repaired@0"])
+def test_a_health_killed_after_a_repair_leaves_the_shard_rebuilt(root: Path, point: str) -> None:
+    """Killed right after the scrub of a stripe, or right after the core renamed a rebuilt
+    shard into place: the shard holds its original bytes, and the next health finds nothing
+    to do."""
+    (obj,) = [d for d in (root / "archive").iterdir() if not d.name.startswith(".")]
+    shard = obj / "parity" / "parity_0.dat"
+    original = shard.read_bytes()
+    shard.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    assert cli(root, "health", crash=point).returncode == KILLED
+    assert shard.read_bytes() == original
+    r = cli(root, "health", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [o["status"] for o in doc["objects"]] == ["healthy"]
+    assert not doc["leftovers"] and not doc["strays"]
+
+
 # -- volume archives -----------------------------------------------------------------------
 #
 # The commit order (FORMAT.md §17): shards placed on each volume under a `.committing`

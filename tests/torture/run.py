@@ -25,7 +25,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="first seed (then seed+1, ...)")
     ap.add_argument("--minutes", type=float, default=5.0, help="total time budget")
     ap.add_argument("--steps", type=int, default=300, help="steps per seed")
-    ap.add_argument("--load-seconds", type=float, default=None, help="default: 10%% of budget")
+    ap.add_argument("--seeds", type=int, default=None, help="stop after N seeds")
+    ap.add_argument(
+        "--load-seconds", type=float, default=None, help="default: 10%% of budget; 0: no load"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument(
         "--volumes",
@@ -56,6 +59,8 @@ def main() -> int:
     failures: list[str] = []
     load = None
     while time.monotonic() - started < budget - load_seconds or not seeds:
+        if args.seeds is not None and len(seeds) >= args.seeds:
+            break
         remaining = budget - load_seconds - (time.monotonic() - started)
         e = Engine(seed, work / f"seed-{seed}", log=log, volumes=args.volumes)
         seeds.append(seed)
@@ -78,9 +83,10 @@ def main() -> int:
             shutil.rmtree(work / f"seed-{seed}", ignore_errors=True)
         seed += 1
     try:
-        load = run_load(work / "load", load_seconds, seed=args.seed)
-        if load["errors"]:
-            failures.append(f"load seed={args.seed}: {load['errors'][:5]}")
+        if load_seconds > 0:
+            load = run_load(work / "load", load_seconds, seed=args.seed)
+            if load["errors"]:
+                failures.append(f"load seed={args.seed}: {load['errors'][:5]}")
     except TortureFailure as f:
         failures.append(f"load: {f}")
     for f in failures:
@@ -97,12 +103,21 @@ def main() -> int:
         "scenarios (engine steps)": total.steps,
         "actions": dict(sorted(total.actions.items())),
         "commits": total.commits,
+        "folders committed (directory commits)": total.folders,
+        "files of folders that went into packs": total.packed_files,
         "crashes injected (SIGKILL landed)": total.crashes,
+        "kill points chosen": dict(sorted(total.kill_points.items())),
+        "files of killed commits finished by health (volumes)": total.finished_by_health,
+        "killed commits finished damaged by lost volumes (removed)": total.finished_damaged,
         "shards damaged": total.shards_damaged,
         "manifest copies damaged": total.manifests_damaged,
         "objects damaged beyond parity (all reported)": total.beyond_parity_objects,
         "reads (engine)": total.reads,
         "reads refused (each touching a lost range)": total.reads_refused,
+        "pack shard files damaged": total.pack_shards_damaged,
+        "packs damaged beyond parity": total.packs_beyond_parity,
+        "bytes of files of packs read and verified": total.packed_bytes_verified,
+        "reads of files of packs refused (each under a lost range)": total.packed_refused,
         "bytes read and verified (engine)": total.bytes_verified,
         "repairs observed (files back to original bytes)": total.repairs,
         "health runs": total.health_runs,

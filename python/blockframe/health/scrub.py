@@ -201,6 +201,7 @@ class Health:
             assert core is not None  # there are stripes
             scrub_stripe(core, m, si, starts[si], obj, pool, tick, self.options.dry_run)
             end = si + 1
+            crash_point("health:stripe")
         obj.stripes_scrubbed = (first, end)
         obj.lost = merge_lost(obj.lost)
         obj.files_lost = files_lost(m, obj.lost)

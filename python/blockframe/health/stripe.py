@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from blockframe import _core
 from blockframe.format.manifest import Manifest
 from blockframe.health.report import FileLoss, LostRange, ObjectReport, ShardReport
+from blockframe.testhook import crash_point
 
 __all__ = ["data_starts", "files_lost", "merge_lost", "scrub_stripe"]
 
@@ -63,6 +64,7 @@ def scrub_stripe(
                     errors[j] = str(e)
                     continue
                 repaired.add(j)
+                crash_point("health:repaired")  # the core has renamed the rebuilt shard
                 for s2, j2, _ in more:
                     # A shard that turned bad after it verified: check it again.
                     if s2 == si and j2 not in damaged:
