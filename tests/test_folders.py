@@ -418,9 +418,7 @@ def test_a_killed_directory_restore_shows_no_output(env: Env, committed: Path, p
     assert tree_of(out) == tree_of(committed)
 
 
-def test_list_json_says_of_files_of_packs_what_their_entries_say(
-    env: Env, committed: Path
-) -> None:
+def test_list_json_says_of_files_of_packs_what_their_entries_say(env: Env, committed: Path) -> None:
     r = env.run("list", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -435,3 +433,25 @@ def test_list_json_says_of_files_of_packs_what_their_entries_say(
     # Every object on a line of its own.
     lines = r.stdout.decode().splitlines()
     assert sum(line.startswith('    {"name": ') for line in lines) == len(FILES)
+
+
+def test_an_intact_file_of_a_pack_damaged_elsewhere_restores_with_a_warning(
+    env: Env, committed: Path
+) -> None:
+    from conftest import flip
+
+    pack, doc = _pack(env)
+    stripe = doc["stripes"][0]
+    # Chunk 0 of the last data shard and of both parity shards: beyond parity there, in
+    # b.bin's bytes only; a.txt lies wholly in the first data shard.
+    for sh in [stripe["data"][3], *stripe["parity"]]:
+        flip(pack / sh["path"], 10)
+    r = env.run("restore", "proj/a.txt", "-o", "-")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (committed / "a.txt").read_bytes()
+    assert b"restored intact, but its pack" in r.stderr and b"health" in r.stderr
+    # The file that lost bytes is refused; a tree restore names it and exits 1.
+    assert env.run("restore", "proj/sub/b.bin", "-o", "-").returncode == 1
+    r = env.run("restore", "proj", "-o", str(env.root / "out"))
+    assert r.returncode == 1 and b"proj/sub/b.bin" in r.stderr
+    assert (env.root / "out" / "a.txt").read_bytes() == (committed / "a.txt").read_bytes()

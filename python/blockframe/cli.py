@@ -300,8 +300,7 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
                     report = archive.restore(entry, f, cb)
             except OSError as e:
                 raise OutputError(f"{out}: cannot write: {e.strerror}") from None
-            _report_repairs(report)
-            return 0 if not report.unrepaired else 1
+            return _restore_outcome(args.name, entry, report)
         if out.exists() and not args.force:
             raise OutputError(f"{out}: already exists (use --force to overwrite)")
         if not out.parent.is_dir():
@@ -309,8 +308,7 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> int:
         with progress_bar(f"restore {args.name}", size) as cb, atomic_output(out) as f:
             report = archive.restore(entry, f, cb)
         log.info("restored %s to %s", args.name, out)
-    _report_repairs(report)
-    return 0 if not report.unrepaired else 1
+    return _restore_outcome(args.name, entry, report)
 
 
 def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
@@ -332,6 +330,13 @@ def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
         log.error("%s: not restored: %s", name, why)
     for problem in report.unrepaired:
         log.error("%s: could not repair %s", tree.name, problem)
+    for problem in report.unrepaired_elsewhere:
+        log.warning(
+            "%s: could not repair the pack %s (damage in files of it not restored here or "
+            "named above; run `blockframe health`)",
+            tree.name,
+            problem,
+        )
     log.info(
         "restored %s to %s: %d files, %d directories, %d links",
         tree.name,
@@ -343,10 +348,23 @@ def _restore_tree(archive: Archive, args: argparse.Namespace) -> int:
     return 1 if report.failed or report.unrepaired else 0
 
 
-def _report_repairs(report: RestoreReport) -> None:
+def _restore_outcome(name: str, entry: Entry, report: RestoreReport) -> int:
+    """The exit code of a file restore, after saying what could not be repaired. A file
+    of a pack restored intact is a success even if the pack keeps damage: every byte of
+    this file was verified and written, and the loss lies in other files of the pack."""
     # Repairs themselves are logged as they happen (archive.ArchivedObject.repair).
     for problem in report.unrepaired:
-        log.error("%s: could not repair %s", report.name, problem)
+        if entry.member is not None:
+            log.warning(
+                "%s: restored intact, but its pack %s could not be repaired: %s "
+                "(other files of the pack lost bytes; run `blockframe health`)",
+                display_name(name),
+                entry.dirname,
+                problem,
+            )
+        else:
+            log.error("%s: could not repair %s", report.name, problem)
+    return 1 if report.unrepaired and entry.member is None else 0
 
 
 def cmd_mount(cfg: Config, args: argparse.Namespace) -> int:

@@ -50,6 +50,9 @@ class TreeReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
+    # What could not be repaired in packs whose restored files were all intact (other files
+    # of the pack hold the loss): worth a warning, not a failure of this restore.
+    unrepaired_elsewhere: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -210,7 +213,10 @@ def _write(
         obj.verify_parity()
         repaired, failed = obj.repair()
         report.repaired += repaired
-        report.unrepaired += failed
+        if obj.entry.head.is_pack:
+            report.unrepaired_elsewhere += [f"{obj.entry.dirname}: {f}" for f in failed]
+        else:
+            report.unrepaired += failed
     _sync(stage)
 
 
