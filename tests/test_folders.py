@@ -455,3 +455,19 @@ def test_an_intact_file_of_a_pack_damaged_elsewhere_restores_with_a_warning(
     r = env.run("restore", "proj", "-o", str(env.root / "out"))
     assert r.returncode == 1 and b"proj/sub/b.bin" in r.stderr
     assert (env.root / "out" / "a.txt").read_bytes() == (committed / "a.txt").read_bytes()
+
+
+def test_a_file_replaced_by_a_link_leaves_no_object_behind(env: Env, committed: Path) -> None:
+    before = object_dirs(env)
+    (committed / "sub" / "deep" / "c.bin").unlink()
+    (committed / "sub" / "deep" / "c.bin").symlink_to("../b.bin")
+    assert env.run("commit", "-f", str(committed)).returncode == 1  # a conflict without --replace
+    r = env.run("commit", "-f", str(committed), "--replace")
+    assert r.returncode == 0, r.stderr
+    objects = listing(env)  # no problem reported: the file's object is gone
+    assert "proj/sub/deep/c.bin" not in objects
+    gone = [d for d in before if d.startswith("proj%2Fsub%2Fdeep%2Fc.bin_")]
+    assert gone and not set(gone) & object_dirs(env)
+    out = env.root / "out"
+    assert env.run("restore", "proj", "-o", str(out)).returncode == 0
+    assert os.readlink(out / "sub" / "deep" / "c.bin") == "../b.bin"

@@ -237,9 +237,10 @@ def _publish(
                 if old is None
                 else CommitResult(f.name, "replaced", got)
             )
-        for _, old in group:
-            if old is not None:
-                replaced.add(old.dirname)
+        # Whatever gave these names before (a file's object or pack, a pack recording a
+        # directory or a link now recorded again) may now give none.
+        names = [m.name for m in s.manifest.members] or [s.name]
+        replaced.update(d for n in names if (d := index.given_by(n)) is not None)
     if replaced:
         _discard_replaced(archive, replaced)
     return results
