@@ -386,3 +386,19 @@ def test_member_lengths_must_add_up_to_the_plan(env: Env) -> None:
     with pytest.raises(_core.CoreError, match="add up"):
         _core.commit(listed, [(str(stage), True)], chunk, stripes)
     assert files(stage) == {}
+
+
+def test_hash_file_of_several_files_is_the_hash_of_their_concatenation(tmp_path: Path) -> None:
+    parts = [data(n, seed=n) for n in (0, 1, 70_000, 3 << 20)]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(str(tmp_path / f"m{i}"))
+        Path(paths[-1]).write_bytes(part)
+    assert _core.hash_file(paths) == _core.blake3(b"".join(parts))
+    assert _core.hash_file(paths[2]) == _core.blake3(parts[2])
+    # A member that is a FIFO or a link is refused, never waited on or followed.
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(paths[1])
+    for bad in ("fifo", "link"):
+        with pytest.raises(_core.CoreError, match="not a regular file"):
+            _core.hash_file([paths[0], str(tmp_path / bad)])

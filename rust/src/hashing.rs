@@ -66,14 +66,40 @@ pub fn split_hashes(raw: &[u8]) -> Option<Vec<Hash>> {
 /// the file size).
 pub fn hash_file(path: &std::path::Path) -> crate::Result<Hash> {
     use crate::error::IoContext;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).at(path)?;
     let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).at(path)?;
+    hash_into(&mut hasher, file, path)?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// BLAKE3 hash of the concatenation of `paths` (a pack's member files), read the same way;
+/// each must be a regular file, opened without following a link or waiting on a FIFO.
+pub fn hash_files<P: AsRef<std::path::Path>>(paths: &[P]) -> crate::Result<Hash> {
+    use crate::error::IoContext;
+    let mut hasher = blake3::Hasher::new();
+    for path in paths {
+        let path = path.as_ref();
+        let (file, _) = crate::platform::open_regular(path)
+            .at(path)?
+            .ok_or_else(|| std::io::Error::other("not a regular file"))
+            .at(path)?;
+        hash_into(&mut hasher, file, path)?;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+fn hash_into(
+    hasher: &mut blake3::Hasher,
+    mut file: std::fs::File,
+    path: &std::path::Path,
+) -> crate::Result<()> {
+    use crate::error::IoContext;
+    use std::io::Read;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).at(path)?;
+        let n = file.read(&mut buf).at(path)?;
         if n == 0 {
-            return Ok(*hasher.finalize().as_bytes());
+            return Ok(());
         }
         hasher.update(&buf[..n]);
     }

@@ -568,13 +568,24 @@ mod python {
         PyBytes::new(py, &digest)
     }
 
-    /// BLAKE3 hash of a file's content, read in 1 MiB pieces.
+    /// BLAKE3 hash of a file's content, or of several files' concatenated (a pack), read
+    /// in 1 MiB pieces.
     #[pyfunction]
-    fn hash_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    fn hash_file<'py>(py: Python<'py>, path: PathOrPaths) -> PyResult<Bound<'py, PyBytes>> {
+        let paths = match path {
+            PathOrPaths::One(p) => vec![p],
+            PathOrPaths::Many(ps) => ps,
+        };
         let digest = py
-            .detach(|| catch_panic("hash_file", || crate::hashing::hash_file(&path)))
+            .detach(|| catch_panic("hash_file", || crate::hashing::hash_files(&paths)))
             .map_err(to_py)?;
         Ok(PyBytes::new(py, &digest))
+    }
+
+    #[derive(FromPyObject)]
+    enum PathOrPaths {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
     }
 
     #[pymodule]

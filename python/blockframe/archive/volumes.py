@@ -45,7 +45,7 @@ from blockframe.errors import ArchiveError, ConflictError, SourceError
 from blockframe.format import layout
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, Manifest
 from blockframe.format.names import dirname_for
-from blockframe.storage.local import fsync_dir, read_regular, write_new
+from blockframe.storage.local import fsync_dir, write_new
 from blockframe.storage.lock import bucket_lock, commit_lock
 from blockframe.storage.volumes import REMOVING, VolumeSet, adapted_storage, place
 from blockframe.testhook import crash_in_progress, crash_point
@@ -426,7 +426,9 @@ def _both(
 
 
 def _hash_members(members: Sequence[tuple[str, int]]) -> str:
-    """BLAKE3 hex digest of a pack's bytes, the concatenation of ``members`` (a pack is at
-    most one block: it is read into memory whole)."""
-    parts = [read_regular(Path(path), n) for path, n in members]
-    return _core.blake3(b"".join(parts)).hex()
+    """BLAKE3 hex digest of a pack's bytes, the concatenation of ``members``, read piece by
+    piece (a pack may be as large as a block)."""
+    try:
+        return _core.hash_file([path for path, _ in members]).hex()
+    except _core.CoreError as e:
+        raise SourceError(str(e)) from None
