@@ -114,9 +114,6 @@ class Backend(Protocol):
     # Make a staged object visible (under the commit lock, its name checked).
     def publish(self, staged: Staged) -> Entry: ...
 
-    # Remove what stage wrote, unless it was published.
-    def abandon(self, staged: Staged) -> None: ...
-
     # The archive's commit lock.
     def locked(self) -> AbstractContextManager[None]: ...
 
@@ -383,7 +380,7 @@ class Archive:
                 crash_point("commit:locked")
                 return self._publish(staged, replace)
         finally:
-            self.backend.abandon(staged)
+            staged.abandon()
 
     def _publish(self, staged: Staged, replace: bool) -> CommitResult:
         """Publish ``staged`` under the commit lock, its name checked again: a commit of

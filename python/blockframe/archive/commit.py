@@ -23,12 +23,12 @@ __all__ = [
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from blockframe import _core
 from blockframe.archive.entry import Progress
@@ -74,7 +74,7 @@ def source_path(source: Source) -> Path:
 @dataclass
 class Staged:
     """An object written but not yet visible: what a backend's ``stage`` made and its
-    ``publish`` makes visible (or its ``abandon`` removes)."""
+    ``publish`` makes visible (or :meth:`abandon` removes)."""
 
     name: str
     # What abandoning removes: staging directories not yet renamed into place.
@@ -87,18 +87,21 @@ class Staged:
     # Set once a bucket holds part of the object (its directory then names it).
     dirname: str | None = None
 
-
-class _Abandons(Protocol):
-    def abandon(self, staged: Staged) -> None: ...
+    def abandon(self) -> None:
+        """Remove the local staging of an object that was not published (nothing once it
+        was); what went up to a bucket stays marked ``.committing`` for health."""
+        for path in self.paths:
+            shutil.rmtree(path, ignore_errors=True)
+        self.paths.clear()
 
 
 @contextlib.contextmanager
-def abandoning(staged: Staged, backend: _Abandons) -> Iterator[None]:
+def abandoning(staged: Staged) -> Iterator[None]:
     """Abandon ``staged`` if the block fails."""
     try:
         yield
     except BaseException:
-        backend.abandon(staged)
+        staged.abandon()
         raise
 
 

@@ -247,7 +247,7 @@ class DirectoryBackend:
         stage = self.root / STAGING / uuid.uuid4().hex
         stage.mkdir()
         staged = Staged(name, [stage])
-        with commit_errors(source_path(source)), abandoning(staged, self):
+        with commit_errors(source_path(source)), abandoning(staged):
             content, hashes, staged.member_hashes = write_shards(
                 source,
                 size,
@@ -287,12 +287,6 @@ class DirectoryBackend:
         fsync_dir(self.root)
         crash_point("commit:published")
         return Entry(staged.name, final, manifest)
-
-    def abandon(self, staged: Staged) -> None:
-        """Remove what :meth:`stage` wrote if it was not published."""
-        for path in staged.paths:
-            shutil.rmtree(path, ignore_errors=True)
-        staged.paths.clear()
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """The archive's commit lock: names are checked and objects published under it."""

@@ -89,7 +89,7 @@ def commit_folder(
             results = _publish(archive, staged, replace, plan.failures)
     finally:
         for s, _ in staged:
-            archive.backend.abandon(s)
+            s.abandon()
     return plan.unchanged + results, plan.failures
 
 

@@ -204,7 +204,7 @@ class VolumeBackend:
         buckets = [i for i in present if not vs.slots[i].is_local]
         uploader: _Uploader | None = None
         src = source_path(source)
-        with commit_errors(src), abandoning(staged, self):
+        with commit_errors(src), abandoning(staged):
             if buckets:
                 # Shards go up while later stripes are still being encoded, so their key
                 # (the object id, from the content hash) is needed before the commit.
@@ -287,13 +287,6 @@ class VolumeBackend:
         for f in failed:
             log.warning("%s: %s (health will restore it)", dirname, f)
         return Entry(staged.name, self._path(dirname), manifest, (), vs)
-
-    def abandon(self, staged: Staged) -> None:
-        """Remove the local staging of an object that was not published; what went up to a
-        bucket stays marked ``.committing`` for health."""
-        for path in staged.paths:
-            shutil.rmtree(path, ignore_errors=True)
-        staged.paths.clear()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
