@@ -471,3 +471,19 @@ def test_a_file_replaced_by_a_link_leaves_no_object_behind(env: Env, committed: 
     out = env.root / "out"
     assert env.run("restore", "proj", "-o", str(out)).returncode == 0
     assert os.readlink(out / "sub" / "deep" / "c.bin") == "../b.bin"
+
+
+def test_each_file_of_a_pack_has_its_own_content_hash(env: Env) -> None:
+    """Walk order (a directory's files before the next name) and name order differ, and an
+    empty file shares its offset with the next file: each still gets its own hash."""
+    top = env.root / "src" / "p"
+    (top / "a").mkdir(parents=True)
+    (top / "a" / "z").write_bytes(b"")  # walked first, named after p/a.txt
+    (top / "a.txt").write_bytes(b"x" * 100)
+    (top / "b").write_bytes(b"")
+    r = env.run("commit", "-f", str(top))
+    assert r.returncode == 0, r.stderr
+    objects = listing(env)
+    for name in ("p/a/z", "p/a.txt", "p/b"):
+        content = (env.root / "src" / name).read_bytes()
+        assert objects[name]["content_hash"] == _core.blake3(content).hex(), name

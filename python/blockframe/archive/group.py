@@ -184,17 +184,14 @@ def _stage_pack(
 ) -> Staged:
     """Write one pack: its files back to back, its table in the manifest (with each file's
     content hash, which the core computes as it reads)."""
-    members: list[Member] = []
+    # The table lists the files in the order of their bytes (the order the core reads
+    # them and returns their hashes in), then the directories and links.
+    files: list[Member] = []
     offset = 0
     for f, _ in group:
-        members.append(Member(f.name, "file", f.mtime_ns, f.mode, offset, f.size))
+        files.append(Member(f.name, "file", f.mtime_ns, f.mode, offset, f.size))
         offset += f.size
-    members.extend(extra)
-    members.sort(key=lambda m: m.name)
-    # The table lists the files in the order of their bytes; directories and links after.
-    files = [m for m in members if m.type == "file"]
-    files.sort(key=lambda m: m.offset)
-    table = tuple(files + [m for m in members if m.type != "file"])
+    table = (*files, *sorted(extra, key=lambda m: m.name))
     source = [(str(f.path), f.size) for f, _ in group]
     name = f"{PACK_PREFIX}{uuid.uuid4().hex}"
     storage = pack_storage(offset, archive.storage) if offset else archive.storage
