@@ -487,3 +487,16 @@ def test_each_file_of_a_pack_has_its_own_content_hash(env: Env) -> None:
     for name in ("p/a/z", "p/a.txt", "p/b"):
         content = (env.root / "src" / name).read_bytes()
         assert objects[name]["content_hash"] == _core.blake3(content).hex(), name
+
+
+def test_a_fifo_in_a_folder_is_named_and_skipped_the_rest_goes_in(env: Env) -> None:
+    top = env.root / "src" / "f"
+    top.mkdir(parents=True)
+    (top / "a").write_bytes(b"kept")
+    os.mkfifo(top / "pipe")
+    r = env.run("commit", "-f", str(top))
+    assert r.returncode == 2  # a special input file, as for a single-file commit
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "f/pipe" in err[0] and "not a regular file" in err[0]
+    assert list(listing(env)) == ["f/a"]
+    assert env.run("restore", "f/a", "-o", "-").stdout == b"kept"
