@@ -126,3 +126,10 @@ def blake3(data: bytes) -> bytes: ...
 def hash_file(path: str | list[str]) -> bytes:
     """BLAKE3 of a file's content, or of several files' concatenated (a pack's bytes),
     read in 1 MiB pieces."""
+
+def prefetch(dir: str, budget: int, background: bool = True) -> int:
+    """Ask the OS to read the files below object directory ``dir`` into its cache, up to
+    ``budget`` bytes: files before subdirectories, names in natural order. Links and
+    anything but regular files are skipped. In the background by default (returns 0 at
+    once); with ``background=False`` returns the bytes hinted. Only a hint: Linux only,
+    errors ignored."""

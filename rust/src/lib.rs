@@ -10,6 +10,7 @@ pub mod hashing;
 pub mod layout;
 pub mod local;
 mod platform;
+pub mod prefetch;
 pub mod reader;
 pub mod shardio;
 pub mod source;
@@ -582,6 +583,21 @@ mod python {
         Ok(PyBytes::new(py, &digest))
     }
 
+    /// Ask the OS to read the files below object directory `dir` into its cache, up to
+    /// `budget` bytes, in the order a scrub reads them (see `prefetch.rs`). In the
+    /// background by default, returning 0 at once; with `background=False`, returns the
+    /// bytes hinted once done. Only a hint (Linux; elsewhere nothing is read).
+    #[pyfunction]
+    #[pyo3(signature = (dir, budget, background = true))]
+    fn prefetch(py: Python<'_>, dir: PathBuf, budget: u64, background: bool) -> u64 {
+        if background {
+            crate::prefetch::prefetch_in_background(&dir, budget);
+            0
+        } else {
+            py.detach(|| crate::prefetch::prefetch_tree(&dir, budget))
+        }
+    }
+
     #[derive(FromPyObject)]
     enum PathOrPaths {
         One(PathBuf),
@@ -597,6 +613,7 @@ mod python {
         m.add_function(wrap_pyfunction!(commit_file, m)?)?;
         m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
         m.add_function(wrap_pyfunction!(hash_file, m)?)?;
+        m.add_function(wrap_pyfunction!(prefetch, m)?)?;
         m.add_function(wrap_pyfunction!(blake3_digest, m)?)?;
         m.add("CoreError", py.get_type::<CoreError>())?;
         m.add("UnrecoverableError", py.get_type::<UnrecoverableError>())?;

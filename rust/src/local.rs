@@ -315,7 +315,7 @@ impl Drop for Replacement {
 }
 
 #[cfg(unix)]
-mod sys {
+pub(crate) mod sys {
     //! Directory descriptors: every name is resolved in an open directory, without
     //! following a link.
 
@@ -397,7 +397,7 @@ mod sys {
 }
 
 #[cfg(windows)]
-mod sys {
+pub(crate) mod sys {
     //! Paths checked component by component: no symbolic link or other reparse point is
     //! used. (Unlike the descriptor walk on Unix, this can race with a concurrent change.)
 

@@ -128,6 +128,26 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Ask the OS to start reading the first `len` bytes of `file` into its cache now, without
+/// waiting for them (a later read finds them there or in flight). Only a hint: errors are
+/// ignored.
+///
+/// Linux only (`posix_fadvise(POSIX_FADV_WILLNEED)`); elsewhere it does nothing.
+#[cfg(target_os = "linux")]
+pub fn will_need(file: &File, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; the fd is valid for as long
+    // as `file` is borrowed. Its result is deliberately ignored: this is only a hint.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            0,
+            len.min(i64::MAX as u64) as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 /// See the Linux version: a no-op here.
 #[cfg(not(target_os = "linux"))]
 pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
