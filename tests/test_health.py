@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from blockframe import _core
 from blockframe.format.manifest import MANIFEST, REPLICA, Manifest
 from blockframe.health import Health, Options, parse_duration, report_schema, scrub
 
@@ -727,7 +729,9 @@ def iso_at(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
-def test_max_time_stops_between_stripes_and_resumes(env: Env) -> None:
+def test_max_time_stops_between_stripes_and_resumes(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     entry = env.archive.commit(env.file("big", SIZES[3], seed=3)).entry
     m = entry.manifest
     stripe_bytes = [sum(s.size for s in st.shards) for st in m.stripes]
@@ -735,6 +739,7 @@ def test_max_time_stops_between_stripes_and_resumes(env: Env) -> None:
     clock = FakeClock(1 / (6 * 8192))  # one second per full stripe
     flip(entry.path / "blocks/block_4/segments/segment_0.dat", 10, 0)
     started = clock()
+    read_ahead = read_ahead_calls(monkeypatch)
 
     # Stripes start at 0, 1 and 2 s; at 3 s the 2.5 s budget is spent.
     report = run_with(env, clock, max_time=2.5)
@@ -746,6 +751,7 @@ def test_max_time_stops_between_stripes_and_resumes(env: Env) -> None:
     assert state["resume"]["stripe"] == 3 and _ts(state["resume"]["since"]) == pytest.approx(
         started
     )
+    assert [d for d, _ in read_ahead] == [str(entry.path)]
     # The next run goes on from stripe 3, finds and repairs the damage in block 4, and
     # records the object as verified when the pass began (its oldest part).
     report = run_with(env, clock, max_time=2.5)
@@ -755,9 +761,12 @@ def test_max_time_stops_between_stripes_and_resumes(env: Env) -> None:
     state = read_state(env)[entry.path.name]
     assert _ts(state["verified"]) == pytest.approx(started) and "resume" not in state
     assert o.verified_at == pytest.approx(started)
+    # Resuming at stripe 3, the object's first bytes are not read ahead again.
+    assert len(read_ahead) == 1
     # A full pass from the start when nothing is left to resume.
     report = run_with(env, clock)
     assert report.objects[0].stripes_scrubbed == (0, 5)
+    assert len(read_ahead) == 2
 
 
 def test_state_survives_an_interrupted_run(env: Env) -> None:
@@ -775,3 +784,40 @@ def test_state_survives_an_interrupted_run(env: Env) -> None:
         checker.run(plan, progress)
     state = read_state(env)
     assert sum(1 for v in state.values() if v["verified"]) == 1
+
+
+# -- read-ahead ---------------------------------------------------------------------------
+
+
+def test_read_ahead_counts_regular_files_only_and_keeps_to_its_budget(
+    env: Env, tmp_path: Path
+) -> None:
+    """The read-ahead health starts for an object asks the OS for its regular files only:
+    never a link's target (a 1 MB file outside the archive) or a FIFO, and no more than
+    its budget."""
+    path, _ = commit_tiers(env)[3]
+    regular = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 1_000_000)
+    (path / "blocks" / "planted.dat").symlink_to(outside)
+    (path / "linked-dir").symlink_to(tmp_path)
+    os.mkfifo(path / "blocks" / "fifo.dat")
+    assert _core.prefetch(str(path), 1 << 40, background=False) == regular
+    assert _core.prefetch(str(path), 1000, background=False) == 1000
+    assert _core.prefetch(str(path), 1 << 40) == 0  # in the background: returns at once
+
+
+def test_health_reads_each_object_ahead(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = commit_tiers(env)
+    calls = read_ahead_calls(monkeypatch)
+    report = scrub(env.archive_dir)
+    assert report.status == "healthy"
+    budget = sys.modules["blockframe.health.scrub"].PREFETCH
+    assert sorted(calls) == sorted((str(p), budget) for p, _ in objs.values())
+
+
+def read_ahead_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record the read-ahead health asks for (and skip it)."""
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(_core, "prefetch", lambda d, budget: calls.append((d, budget)) or 0)
+    return calls

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from test_mount import start_mount
 
+from blockframe import _core
 from blockframe.archive import ArchivedObject, open_archive_at
 from blockframe.config import StorageConfig
 from blockframe.format.manifest import COMMITTING, MANIFEST, REPLICA, parse
@@ -512,3 +513,19 @@ def test_repair_after_a_replace_leaves_no_zombie_on_any_volume(four: Vols) -> No
     assert repaired == [] and len(failed) == len(e.manifest.stripes[0].parity), failed
     assert all("gone" in f for f in failed), failed
     assert not any((v / e.dirname).exists() for v in four.vols), "a zombie directory"
+
+
+def test_health_reads_ahead_on_each_present_volume(
+    four: Vols, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health's read-ahead of an object covers its directory on every present volume, the
+    budget shared among them; an absent volume is not asked for."""
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(_core, "prefetch", lambda d, budget: calls.append((d, budget)) or 0)
+    shutil.rmtree(four.vols[3])
+    archive = four.archive()
+    report = Health(archive, Options(dry_run=True)).run(Health(archive).plan())
+    assert report.objects
+    share = sys.modules["blockframe.health.scrub"].PREFETCH // 3
+    expected = {(str(v / o.directory), share) for o in report.objects for v in four.vols[:3]}
+    assert sorted(calls) == sorted(expected)
