@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any, Literal
 
 from blockframe.config import format_size
@@ -21,6 +20,10 @@ Status = Literal["healthy", "repaired", "damaged", "unusable"]
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) every ``health --json`` report validates against."""
+    # Imported here: importlib.resources (with tempfile and random) costs every health run
+    # a few ms at start-up, for a schema only tests and tools ask for.
+    from importlib import resources
+
     text = resources.files("blockframe.health").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
