@@ -93,6 +93,24 @@ def test_the_catalog_is_made_then_reused_without_reading_a_manifest(
     assert parses and entry.manifest.content_hash == entry.content_hash
 
 
+def test_a_folder_commit_leaves_rows_so_the_next_listing_reads_no_manifest(
+    env: Env, parses: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    top = env.root / "album"
+    for i in range(30):
+        (top / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (top / f"d{i % 3}" / f"{i}.jpg").write_bytes(data(500 + i, seed=i))
+    (top / "big.bin").write_bytes(data(3 * SMALL.pack_max, seed=99))  # an object of its own
+    results, failures = env.archive.commit_tree(top)
+    assert not failures and len(results) == 31
+    parses.clear()
+    index = Archive(env.archive_dir, SMALL).scan()
+    assert parses == []  # every row was written by the commit, and is current
+    assert view(index) == view(fresh(env, monkeypatch))
+    assert index.entries["album/d1/4.jpg"].member is not None
+    assert index.entries["album/big.bin"].member is None
+
+
 def test_changes_behind_its_back_are_noticed(
     env: Env, parses: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -265,6 +265,24 @@ class Archive:
             self._last = (stamps, index)
         return index
 
+    def remember(self, entries: Iterable[Entry]) -> None:
+        """Put objects just published by this process in the catalog (when it is open), so
+        that the next listing reads their rows instead of parsing their manifests: after a
+        folder commit of 100,000 files, that first listing would take twice as long. The
+        stamp is taken now, from the published files, as a scan would."""
+        cat = getattr(self, "_cat", None)
+        if cat is None:
+            return
+        from blockframe.archive.catalog import stamp_of
+
+        put: list[tuple[str, str, Head]] = []
+        for e in entries:
+            stamp = stamp_of(self.backend, e.dirname)
+            if stamp is not None and not self._copy_lost(stamp):
+                m = e.manifest
+                put.append((e.dirname, stamp, Head.of(m, pin_doc(m))))
+        cat.update(put, [])
+
     def _copy_lost(self, stamp: str) -> bool:
         """Whether a one-directory object's stamp shows a manifest copy missing or not a
         file (a read-only archive, where it could not be restored): such an object is

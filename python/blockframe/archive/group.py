@@ -211,6 +211,7 @@ def _publish(
     index = archive.scan()
     results: list[CommitResult] = []
     replaced: set[str] = set()
+    published: list[Entry] = []
     for s, group in staged:
         raced = [
             f.name
@@ -226,6 +227,7 @@ def _publish(
             continue
         entry = archive.backend.publish(s)
         crash_point("folder-commit:published")
+        published.append(entry)
         by_name = {m.name: m for m in s.manifest.members}
         for f, old in group:
             got = entry.member_entry(by_name[f.name]) if s.manifest.is_pack else entry
@@ -240,6 +242,7 @@ def _publish(
         replaced.update(d for n in names if (d := index.given_by(n)) is not None)
     if replaced:
         _discard_replaced(archive, replaced)
+    archive.remember(published)
     return results
 
 
