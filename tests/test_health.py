@@ -809,6 +809,10 @@ def test_read_ahead_counts_regular_files_only_and_keeps_to_its_budget(
 
 def test_health_reads_each_object_ahead(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     objs = commit_tiers(env)
+    calls = read_ahead_calls(monkeypatch, every=False)
+    # These objects' manifests are small: reading them ahead would cost more than it saves.
+    assert scrub(env.archive_dir).status == "healthy"
+    assert calls == []
     calls = read_ahead_calls(monkeypatch)
     report = scrub(env.archive_dir)
     assert report.status == "healthy"
@@ -816,8 +820,11 @@ def test_health_reads_each_object_ahead(env: Env, monkeypatch: pytest.MonkeyPatc
     assert sorted(calls) == sorted((str(p), budget) for p, _ in objs.values())
 
 
-def read_ahead_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Record the read-ahead health asks for (and skip it)."""
+def read_ahead_calls(monkeypatch: pytest.MonkeyPatch, every: bool = True) -> list[tuple[str, int]]:
+    """Record the read-ahead health asks for (and skip it); with ``every``, for objects
+    whatever the size of their manifest."""
     calls: list[tuple[str, int]] = []
     monkeypatch.setattr(_core, "prefetch", lambda d, budget: calls.append((d, budget)) or 0)
+    if every:
+        monkeypatch.setattr(sys.modules["blockframe.health.scrub"], "PREFETCH_FROM", 0)
     return calls

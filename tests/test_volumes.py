@@ -522,6 +522,7 @@ def test_health_reads_ahead_on_each_present_volume(
     budget shared among them; an absent volume is not asked for."""
     calls: list[tuple[str, int]] = []
     monkeypatch.setattr(_core, "prefetch", lambda d, budget: calls.append((d, budget)) or 0)
+    monkeypatch.setattr(sys.modules["blockframe.health.scrub"], "PREFETCH_FROM", 0)
     shutil.rmtree(four.vols[3])
     archive = four.archive()
     report = Health(archive, Options(dry_run=True)).run(Health(archive).plan())

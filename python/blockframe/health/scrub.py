@@ -54,6 +54,10 @@ Progress = Callable[[int], None]
 # share of the time a large manifest takes to parse, with room for fast disks. Page cache,
 # reclaimable.
 PREFETCH = 256 << 20
+# Only objects whose manifest is at least this large are read ahead: a smaller one parses
+# in less time than the read-ahead takes to start (~0.1 ms; health of 2,000 small objects
+# took a fifth longer with it), and its shards are small too.
+PREFETCH_FROM = 64 << 10
 
 
 class Health:
@@ -228,11 +232,20 @@ class Health:
     def _prefetch(self, d: str) -> None:
         """Have the OS start reading the object's files (its first :data:`PREFETCH`
         bytes) in the background: the disk works while the manifest is parsed, which for a
-        pack of thousands of files takes longer than reading 100 MB."""
+        pack of thousands of files takes longer than reading 100 MB. Only for a manifest
+        of :data:`PREFETCH_FROM` bytes or more."""
         if self.vs is None:
-            _core.prefetch(str(self.root / d), PREFETCH)
+            dirs = [self.root / d]
+        else:
+            dirs = [p for _, vol in self.vs.present_volumes() if (p := vol.local_path(d))]
+        size = 0
+        for path in dirs:
+            # The first volume holding a copy says (missing ones are damage, seen later).
+            with contextlib.suppress(OSError):
+                size = os.lstat(path / MANIFEST).st_size
+                break
+        if size < PREFETCH_FROM:
             return
-        dirs = [p for _, vol in self.vs.present_volumes() if (p := vol.local_path(d))]
         for path in dirs:
             _core.prefetch(str(path), PREFETCH // len(dirs))
 
